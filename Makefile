@@ -1,0 +1,37 @@
+# Every target that needs the virtualenv builds it first, so `make test` or `make demo`
+# works as the only command on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# CPU torch is installed on its own first so that resolving the package never pulls a
+# multi-GB CUDA build. Point TORCH_INDEX at PyTorch's CPU wheel index where the default
+# index only serves CUDA builds.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/mixlm bench store
+
+clean:
+	rm -rf $(VENV) demo-out bench/results .pytest_cache

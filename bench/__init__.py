@@ -1,0 +1,1 @@
+"""Benchmarks: measured figures live here, never in timed tests."""

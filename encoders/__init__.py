@@ -1,0 +1,1 @@
+"""The encoder LLM: item text -> embedding tokens (built in the encoder issue)."""

@@ -1,0 +1,1 @@
+"""The mixed-input ranker and its client (built in the ranker issue)."""

@@ -1,0 +1,32 @@
+"""Data contracts: ItemEvent, EmbeddingRecord, JobManifest and the LMDB value format.
+
+Arrow schemas live in ``mixlm.schemas.arrow`` so that importing the contracts does not
+import pyarrow. Nothing here imports torch.
+"""
+
+from mixlm.schemas.embedding_record import DTYPES, EmbeddingRecord, check_encoder_id
+from mixlm.schemas.errors import CorruptRecordError, ValidationError
+from mixlm.schemas.item_event import DEFAULT_MAX_TEXT_BYTES, ItemEvent, parse_item_event
+from mixlm.schemas.job_manifest import (
+    JOB_KINDS,
+    JOB_STATUSES,
+    JobCounts,
+    JobManifest,
+    new_job_id,
+)
+
+__all__ = [
+    "DEFAULT_MAX_TEXT_BYTES",
+    "DTYPES",
+    "JOB_KINDS",
+    "JOB_STATUSES",
+    "CorruptRecordError",
+    "EmbeddingRecord",
+    "ItemEvent",
+    "JobCounts",
+    "JobManifest",
+    "ValidationError",
+    "check_encoder_id",
+    "new_job_id",
+    "parse_item_event",
+]

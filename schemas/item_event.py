@@ -1,0 +1,167 @@
+"""ItemEvent: one item create/update/delete, as produced to Kafka or read from a catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mixlm.schemas.errors import ValidationError
+from mixlm.schemas.timefmt import parse_rfc3339
+
+OPS = ("upsert", "delete")
+MAX_VERSION = 2**63 - 1
+# LMDB keys are at most 511 bytes and hold ``encoder_id \x00 item_id``.
+MAX_ITEM_ID_BYTES = 400
+DEFAULT_MAX_TEXT_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class ItemEvent:
+    item_id: str
+    op: str
+    version: int
+    title: str = ""
+    text: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+    event_time: str | None = None
+
+    @property
+    def is_delete(self) -> bool:
+        return self.op == "delete"
+
+    def content_hash(self) -> str:
+        """sha256 of the content the encoder sees; equal hashes mean nothing to re-encode."""
+        canonical = json.dumps(
+            {"title": self.title, "text": self.text, "fields": self.fields},
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"item_id": self.item_id, "op": self.op, "version": self.version}
+        if self.op == "upsert":
+            out["title"] = self.title
+            out["text"] = self.text
+            if self.fields:
+                out["fields"] = dict(self.fields)
+        if self.event_time is not None:
+            out["event_time"] = self.event_time
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _require_str(data: Mapping[str, Any], name: str, default: str | None = None) -> str:
+    if name not in data or data[name] is None:
+        if default is None:
+            raise ValidationError(name, "is required")
+        return default
+    value = data[name]
+    if not isinstance(value, str):
+        raise ValidationError(name, f"must be a string, got {type(value).__name__} {_show(value)}")
+    return value
+
+
+def _validate_item_id(data: Mapping[str, Any]) -> str:
+    item_id = _require_str(data, "item_id")
+    if not item_id:
+        raise ValidationError("item_id", "must not be empty")
+    if "\x00" in item_id:
+        raise ValidationError("item_id", "must not contain NUL characters")
+    size = len(item_id.encode("utf-8"))
+    if size > MAX_ITEM_ID_BYTES:
+        raise ValidationError("item_id", f"is {size} bytes, the limit is {MAX_ITEM_ID_BYTES}")
+    return item_id
+
+
+def _validate_version(data: Mapping[str, Any]) -> int:
+    if "version" not in data:
+        raise ValidationError("version", "is required")
+    version = data["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise ValidationError("version", f"must be an integer >= 0, got {_show(version)}")
+    return version
+
+
+def _validate_fields(data: Mapping[str, Any]) -> dict[str, str]:
+    fields = data.get("fields")
+    if fields is None:
+        return {}
+    if not isinstance(fields, dict):
+        raise ValidationError("fields", f"must be an object of strings, got {type(fields).__name__}")
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise ValidationError(
+                f"fields.{key}", f"must be a string, got {type(value).__name__} {_show(value)}"
+            )
+    return dict(fields)
+
+
+def _decode(raw: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(
+                "value", f"is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+            ) from None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(
+                "value", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            ) from None
+    if not isinstance(raw, Mapping):
+        raise ValidationError("value", f"must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def parse_item_event(
+    raw: bytes | str | Mapping[str, Any], *, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+) -> ItemEvent:
+    """Validate one event (raw Kafka bytes, a JSON line, or a decoded object).
+
+    Raises ValidationError naming the first offending field. Unknown keys are ignored so
+    that producers can add metadata without breaking consumers.
+    """
+    data = _decode(raw)
+    item_id = _validate_item_id(data)
+    op = data.get("op", None)
+    if op not in OPS:
+        raise ValidationError("op", f"must be one of {', '.join(OPS)}, got {_show(op)}")
+    version = _validate_version(data)
+    event_time = data.get("event_time")
+    if event_time is not None:
+        if not isinstance(event_time, str):
+            raise ValidationError("event_time", f"must be an RFC 3339 string, got {_show(event_time)}")
+        try:
+            parse_rfc3339(event_time)
+        except ValueError:
+            raise ValidationError(
+                "event_time", f"must be RFC 3339 with a zone (2026-11-22T10:30:00Z), got {_show(event_time)}"
+            ) from None
+    if op == "delete":
+        return ItemEvent(item_id=item_id, op=op, version=version, event_time=event_time)
+    title = _require_str(data, "title", default="")
+    text = _require_str(data, "text")
+    fields = _validate_fields(data)
+    if not title.strip() and not text.strip():
+        raise ValidationError("text", "title and text are both empty: nothing to encode")
+    size = len(title.encode("utf-8")) + len(text.encode("utf-8")) + sum(
+        len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in fields.items()
+    )
+    if size > max_text_bytes:
+        raise ValidationError("text", f"content is {size:,} bytes, the limit is {max_text_bytes:,}")
+    return ItemEvent(item_id, op, version, title, text, fields, event_time)

@@ -1,0 +1,51 @@
+"""mixlm: MixLM ranking with cached item embedding tokens.
+
+Every code folder installs as a sub-package of the single ``mixlm`` namespace, so
+installing mixlm never adds bare top-level modules such as ``store`` to an environment.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+SUBPACKAGES = ["schemas", "encoders", "store", "pipelines", "ranker", "training", "bench"]
+
+version = {}
+exec(Path("mixlm/version.py").read_text(), version)
+
+setup(
+    name="mixlm",
+    version=version["__version__"],
+    description="MixLM: high-throughput LLM ranking with cached item embedding tokens",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["mixlm"] + [f"mixlm.{name}" for name in SUBPACKAGES],
+    package_dir={"mixlm": "mixlm", **{f"mixlm.{name}": name for name in SUBPACKAGES}},
+    install_requires=[
+        "apache-beam==2.77.0",
+        "kafka-python>=2.0",
+        "torch>=2.2",
+        "transformers>=4.45",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "pyarrow>=14,<26",
+        "faiss-cpu>=1.8",
+        "lmdb>=1.4",
+        "click>=8.1",
+        "numpy>=1.26",
+        "pyyaml>=6",
+        "xxhash>=3",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mixlm=mixlm.cli:main",
+            "mixlm-store=mixlm.store.cli:main",
+        ]
+    },
+)

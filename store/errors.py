@@ -1,0 +1,27 @@
+"""Errors of the store; each message is one line a person can act on."""
+
+from mixlm.schemas.errors import CorruptRecordError
+
+
+class StoreError(Exception):
+    """Base class of the store's errors."""
+
+
+class StoreNotFoundError(StoreError):
+    pass
+
+
+class JobNotFoundError(StoreError):
+    def __init__(self, job_id: str, store_path: str):
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} not found in store {store_path} (list jobs with 'mixlm-store jobs')")
+
+
+class EncoderNotFoundError(StoreError):
+    pass
+
+
+class CorruptItemError(StoreError, CorruptRecordError):
+    def __init__(self, encoder_id: str, item_id: str, reason: str):
+        self.item_id = item_id
+        super().__init__(f"corrupt record for item {item_id!r} (encoder {encoder_id}): {reason}")

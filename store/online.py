@@ -1,0 +1,315 @@
+"""The online embedding store: versioned records in LMDB, keyed ``encoder_id \\x00 item_id``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from mixlm.schemas import CorruptRecordError, EmbeddingRecord, JobCounts, check_encoder_id
+from mixlm.schemas.lmdb_value import (
+    PAYLOAD_OFFSET,
+    ValueHeader,
+    decode_header,
+    decode_value,
+    encode_value,
+    lookup_fields,
+)
+from mixlm.store.environment import DEFAULT_MAP_SIZE, LmdbEnvironment, open_environment
+from mixlm.store.errors import CorruptItemError, EncoderNotFoundError, StoreNotFoundError
+from mixlm.store.jobs import JobRegistry
+
+STORE_FORMAT = b"1"
+_SEP = b"\x00"
+_ACTIVE = b"active_encoder"
+_PREVIOUS = b"previous_encoder"
+_FORMAT = b"store_format"
+
+
+def record_key(encoder_id: str, item_id: str) -> bytes:
+    return encoder_id.encode() + _SEP + item_id.encode("utf-8")
+
+
+@dataclass
+class WriteResult:
+    written: int = 0
+    deleted: int = 0
+    stale: int = 0
+
+    def as_counts(self) -> dict[str, int]:
+        return {"written": self.written, "deleted": self.deleted, "stale": self.stale}
+
+
+@dataclass
+class Lookup:
+    """Vectors of the found ids, in request order, and the ids that were not found."""
+
+    item_ids: list[str]
+    vectors: np.ndarray  # [len(item_ids), T_S, dim]
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EncoderStats:
+    encoder_id: str
+    live: int = 0
+    deleted: int = 0
+    n_tokens: int = 0
+    dim: int = 0
+    dtype: str = ""
+    value_bytes: int = 0
+
+
+class EmbeddingStore:
+    """A store directory: ``lmdb/`` (online records, jobs, meta) and ``snapshots/`` (Parquet)."""
+
+    def __init__(self, root: Path, env: LmdbEnvironment):
+        self.root = root
+        self._env = env
+        self._records = env.dbs["records"]
+        self._meta = env.dbs["meta"]
+        self.jobs = JobRegistry(env)
+
+    @classmethod
+    def open(cls, root: str | Path, *, create: bool = False, map_size: int = DEFAULT_MAP_SIZE,
+             sync: bool = True) -> EmbeddingStore:
+        root = Path(root).expanduser()
+        lmdb_dir = root / "lmdb"
+        if not create:
+            if not root.is_dir():
+                raise StoreNotFoundError(f"store directory {root} does not exist")
+            if not (lmdb_dir / "data.mdb").is_file():
+                raise StoreNotFoundError(f"{root} is not a mixlm store (no lmdb/data.mdb)")
+        lmdb_dir.mkdir(parents=True, exist_ok=True)
+        store = cls(root, open_environment(lmdb_dir, map_size=map_size, sync=sync))
+        with store._env.read() as txn:
+            found = txn.get(_FORMAT, db=store._meta)
+            found = None if found is None else bytes(found)
+        if found is None:
+            if not create:
+                raise StoreNotFoundError(f"{root} is not a mixlm store (no format marker)")
+            store._env.write(lambda txn: txn.put(_FORMAT, STORE_FORMAT, db=store._meta))
+        elif found != STORE_FORMAT:
+            raise StoreNotFoundError(
+                f"{root} has store format {found.decode()!r}, this mixlm reads {STORE_FORMAT.decode()!r}"
+            )
+        return store
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def put_many(self, records: Iterable[EmbeddingRecord], *, job_id: str | None = None,
+                 counts: JobCounts | Mapping[str, int] | None = None,
+                 offsets: Mapping[str, Mapping[str, int]] | None = None) -> WriteResult:
+        """Write records in one transaction, keeping the newest ``item_version`` of each item.
+
+        A record whose version is older than or equal to the stored one is a no-op and is
+        counted as stale. With ``job_id`` the job's counts (the write's own plus ``counts``)
+        and ``offsets`` commit in the same transaction as the records.
+        """
+        encoded = [(record_key(r.encoder_id, r.item_id), r.item_version, r.deleted, encode_value(r))
+                   for r in records]
+
+        def apply(txn: lmdb.Transaction) -> WriteResult:
+            result = WriteResult()
+            for key, version, deleted, value in encoded:
+                existing = txn.get(key, db=self._records)
+                if existing is not None and _stored_version(existing) >= version:
+                    result.stale += 1
+                    continue
+                txn.put(key, value, db=self._records)
+                if deleted:
+                    result.deleted += 1
+                else:
+                    result.written += 1
+            if job_id is not None:
+                total = JobCounts(**result.as_counts())
+                if counts:
+                    total.add(counts)
+                self.jobs.update_in(txn, job_id, counts=total, offsets=offsets)
+            return result
+
+        return self._env.write(apply)
+
+    def promote(self, encoder_id: str, *, require_records: bool = True) -> str | None:
+        """Make ``encoder_id`` the active encoder in one transaction; return the previous one."""
+        check_encoder_id(encoder_id)
+        if require_records and not self._has_records(encoder_id):
+            raise EncoderNotFoundError(f"encoder {encoder_id!r} has no records in {self.root}; backfill it first")
+
+        def apply(txn: lmdb.Transaction) -> str | None:
+            previous = txn.get(_ACTIVE, db=self._meta)
+            if previous is not None:
+                txn.put(_PREVIOUS, previous, db=self._meta)
+            txn.put(_ACTIVE, encoder_id.encode(), db=self._meta)
+            return None if previous is None else previous.decode()
+
+        return self._env.write(apply)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def active_encoder(self) -> str | None:
+        with self._env.read() as txn:
+            value = txn.get(_ACTIVE, db=self._meta)
+            return None if value is None else bytes(value).decode()
+
+    def resolve_encoder(self, encoder_id: str | None) -> str:
+        """The given encoder id, or the active one; a clear error when there is neither."""
+        if encoder_id:
+            return check_encoder_id(encoder_id)
+        active = self.active_encoder()
+        if active is None:
+            known = ", ".join(self.encoders()) or "none"
+            raise EncoderNotFoundError(
+                f"no active encoder in {self.root}; pass --encoder (encoders in store: {known}) "
+                "or run 'mixlm-store promote <encoder_id>'"
+            )
+        return active
+
+    def get(self, encoder_id: str, item_id: str) -> EmbeddingRecord | None:
+        """The stored record, tombstones included; None when the item was never written."""
+        with self._env.read() as txn:
+            value = txn.get(record_key(encoder_id, item_id), db=self._records)
+            if value is None:
+                return None
+            return _decode(value, encoder_id, item_id)
+
+    def get_headers(self, encoder_id: str, item_ids: Sequence[str]) -> dict[str, ValueHeader]:
+        """Headers (version, content hash, tombstone flag) of the stored items, one transaction."""
+        out: dict[str, ValueHeader] = {}
+        with self._env.read() as txn:
+            for item_id in item_ids:
+                value = txn.get(record_key(encoder_id, item_id), db=self._records)
+                if value is not None:
+                    out[item_id] = _header(value, encoder_id, item_id, verify=False)
+        return out
+
+    def get_many(self, encoder_id: str, item_ids: Sequence[str], *, dtype: str | None = None) -> Lookup:
+        """Vectors ``[n, T_S, dim]`` of the live items among ``item_ids`` in one read transaction.
+
+        Missing and deleted ids are listed in ``missing``; checksums are verified.
+        """
+        found: list[str] = []
+        missing: list[str] = []
+        prefix = encoder_id.encode() + _SEP
+        out: np.ndarray | None = None
+        with self._env.read() as txn:
+            for item_id in item_ids:
+                value = txn.get(prefix + item_id.encode("utf-8"), db=self._records)
+                if value is None:
+                    missing.append(item_id)
+                    continue
+                try:
+                    deleted, value_dtype, n_tokens, dim = lookup_fields(value)
+                except CorruptRecordError as exc:
+                    raise CorruptItemError(encoder_id, item_id, str(exc)) from None
+                if deleted:
+                    missing.append(item_id)
+                    continue
+                if out is None:
+                    layout = (value_dtype, n_tokens, dim)
+                    row_bytes = n_tokens * dim * value_dtype.itemsize
+                    out = np.empty((len(item_ids), n_tokens, dim), dtype=value_dtype.newbyteorder("<"))
+                    raw = memoryview(out).cast("B")
+                elif layout != (value_dtype, n_tokens, dim):
+                    raise CorruptItemError(encoder_id, item_id, f"layout {(value_dtype.name, n_tokens, dim)} "
+                                           f"differs from the batch's {(layout[0].name, *layout[1:])}")
+                start = len(found) * row_bytes
+                raw[start:start + row_bytes] = value[PAYLOAD_OFFSET:PAYLOAD_OFFSET + row_bytes]
+                found.append(item_id)
+        if out is None:
+            return Lookup(found, np.empty((0, 0, 0), dtype=dtype or "float32"), missing)
+        vectors = out[: len(found)]
+        return Lookup(found, vectors if dtype is None else vectors.astype(dtype), missing)
+
+    def iter_records(self, encoder_id: str, *, include_deleted: bool = False) -> Iterator[EmbeddingRecord]:
+        """Every record of one encoder in key order, in one read transaction."""
+        prefix = encoder_id.encode() + _SEP
+        with self._env.read() as txn:
+            cursor = txn.cursor(db=self._records)
+            if not cursor.set_range(prefix):
+                return
+            for key, value in cursor:
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                record = _decode(value, encoder_id, key[len(prefix):].decode("utf-8"))
+                if include_deleted or not record.deleted:
+                    yield record
+
+    def encoders(self) -> list[str]:
+        """Encoder ids that have records, found by skipping from one key prefix to the next."""
+        found = []
+        with self._env.read() as txn:
+            cursor = txn.cursor(db=self._records)
+            position = cursor.first()
+            while position:
+                key = bytes(cursor.key())
+                encoder_id = key[: key.index(_SEP)]
+                found.append(encoder_id.decode())
+                position = cursor.set_range(encoder_id + b"\x01")
+        return found
+
+    def encoder_stats(self, encoder_id: str) -> EncoderStats:
+        stats = EncoderStats(encoder_id)
+        prefix = encoder_id.encode() + _SEP
+        with self._env.read() as txn:
+            cursor = txn.cursor(db=self._records)
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not bytes(key).startswith(prefix):
+                        break
+                    header = _header(value, encoder_id, bytes(key)[len(prefix):].decode(), verify=False)
+                    stats.value_bytes += len(value)
+                    if header.deleted:
+                        stats.deleted += 1
+                        continue
+                    stats.live += 1
+                    stats.n_tokens, stats.dim, stats.dtype = header.n_tokens, header.dim, header.dtype.name
+        return stats
+
+    def stats(self) -> dict:
+        info = self._env.env.info()
+        stat = self._env.env.stat()
+        return {
+            "store": str(self.root),
+            "active_encoder": self.active_encoder(),
+            "map_size": info["map_size"],
+            "used_bytes": (info["last_pgno"] + 1) * stat["psize"],
+            "jobs": len(self.jobs.list()),
+            "encoders": [vars(self.encoder_stats(e)) for e in self.encoders()],
+        }
+
+    def _has_records(self, encoder_id: str) -> bool:
+        prefix = encoder_id.encode() + _SEP
+        with self._env.read() as txn:
+            cursor = txn.cursor(db=self._records)
+            return cursor.set_range(prefix) and bytes(cursor.key()).startswith(prefix)
+
+
+def _stored_version(value: bytes) -> int:
+    """The stored item_version; an unreadable value counts as absent (-1) so it gets replaced."""
+    try:
+        return decode_header(value, verify=False).item_version
+    except CorruptRecordError:
+        return -1
+
+
+def _header(value, encoder_id: str, item_id: str, *, verify: bool) -> ValueHeader:
+    try:
+        return decode_header(value, verify=verify)
+    except CorruptRecordError as exc:
+        raise CorruptItemError(encoder_id, item_id, str(exc)) from None
+
+
+def _decode(value, encoder_id: str, item_id: str) -> EmbeddingRecord:
+    try:
+        return decode_value(value, item_id, encoder_id)
+    except CorruptRecordError as exc:
+        raise CorruptItemError(encoder_id, item_id, str(exc)) from None

@@ -1,0 +1,1 @@
+"""Training of the paired encoder and ranker, and evaluation (built in the training issue)."""
