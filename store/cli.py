@@ -47,6 +47,28 @@ def get(ctx: click.Context, job_id: str, output: str) -> None:
     click.echo(render(manifest, output, key_value_table(manifest)))
 
 
+@main.command("dead-letters")
+@click.argument("job_id")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="show at most N")
+@output_option()
+@click.pass_context
+@user_errors
+def dead_letters(ctx: click.Context, job_id: str, limit: int | None, output: str) -> None:
+    """Show JOB_ID's dead letters: the reason, the source and the raw event."""
+    store = _open(ctx)
+    store.jobs.get(job_id)  # an unknown job is an error, not an empty list
+    letters = [letter.to_dict() for letter in store.dead_letters.list(job_id, limit)]
+    rows = [{**letter, "raw": _preview(letter["raw"] if letter["raw"] is not None else letter["raw_base64"])}
+            for letter in letters]
+    table = columns_table(rows, ("source", "reason", "raw")) if rows else f"job {job_id} has no dead letters"
+    click.echo(render(letters, output, table))
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @main.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="show at most N jobs")
 @output_option()

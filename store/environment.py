@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 DEFAULT_MAP_SIZE = 1 << 30
 MAX_READERS = 1024
-DB_NAMES = (b"records", b"jobs", b"meta")
+DB_NAMES = (b"records", b"jobs", b"meta", b"dead_letters")
 
 
 class _SharedExclusiveLock:

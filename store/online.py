@@ -18,6 +18,7 @@ from mixlm.schemas.lmdb_value import (
     encode_value,
     lookup_fields,
 )
+from mixlm.store.dead_letters import DeadLetter, DeadLetterLog
 from mixlm.store.environment import DEFAULT_MAP_SIZE, LmdbEnvironment, open_environment
 from mixlm.store.errors import CorruptItemError, EncoderNotFoundError, StoreNotFoundError
 from mixlm.store.jobs import JobRegistry
@@ -72,6 +73,7 @@ class EmbeddingStore:
         self._records = env.dbs["records"]
         self._meta = env.dbs["meta"]
         self.jobs = JobRegistry(env)
+        self.dead_letters = DeadLetterLog(env)
 
     @classmethod
     def open(cls, root: str | Path, *, create: bool = False, map_size: int = DEFAULT_MAP_SIZE,
@@ -106,13 +108,16 @@ class EmbeddingStore:
 
     def put_many(self, records: Iterable[EmbeddingRecord], *, job_id: str | None = None,
                  counts: JobCounts | Mapping[str, int] | None = None,
-                 offsets: Mapping[str, Mapping[str, int]] | None = None) -> WriteResult:
+                 offsets: Mapping[str, Mapping[str, int]] | None = None,
+                 dead_letters: Sequence[DeadLetter] = ()) -> WriteResult:
         """Write records in one transaction, keeping the newest ``item_version`` of each item.
 
         A record whose version is older than or equal to the stored one is a no-op and is
-        counted as stale. With ``job_id`` the job's counts (the write's own plus ``counts``)
-        and ``offsets`` commit in the same transaction as the records.
+        counted as stale. With ``job_id`` the job's counts (the write's own, ``counts`` and
+        the dead letters), ``offsets`` and ``dead_letters`` commit in the same transaction.
         """
+        if dead_letters and job_id is None:
+            raise ValueError("dead letters belong to a job: pass job_id")
         encoded = [(record_key(r.encoder_id, r.item_id), r.item_version, r.deleted, encode_value(r))
                    for r in records]
 
@@ -129,10 +134,13 @@ class EmbeddingStore:
                 else:
                     result.written += 1
             if job_id is not None:
-                total = JobCounts(**result.as_counts())
+                total = JobCounts(**result.as_counts(), dead_lettered=len(dead_letters))
                 if counts:
                     total.add(counts)
-                self.jobs.update_in(txn, job_id, counts=total, offsets=offsets)
+                manifest = self.jobs.update_in(txn, job_id, counts=total, offsets=offsets)
+                if dead_letters:
+                    first_seq = manifest.counts.dead_lettered - len(dead_letters)
+                    self.dead_letters.append_in(txn, job_id, first_seq, list(dead_letters))
             return result
 
         return self._env.write(apply)

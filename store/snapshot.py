@@ -37,7 +37,7 @@ class SnapshotWriter:
         self._buffer: list[EmbeddingRecord] = []
         self._shape: tuple[int, int, int] | None = None  # T_S, dim, retrieval dim
         # Several workers may write parts of one job; the token keeps their names apart.
-        self._writer_token = secrets.token_hex(4)
+        self.writer_token = secrets.token_hex(4)
 
     def write(self, records: Iterable[EmbeddingRecord]) -> None:
         for record in records:
@@ -61,7 +61,7 @@ class SnapshotWriter:
                       "schema_version": SCHEMA_VERSION},
         )
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"part-{len(self.files):05d}-{self._writer_token}.parquet"
+        name = f"part-{len(self.files):05d}-{self.writer_token}.parquet"
         final = self.directory / name
         temporary = self.directory / f".{name}.tmp"
         with open(temporary, "wb") as sink:

@@ -15,14 +15,13 @@ from mixlm.store import EmbeddingStore
 from mixlm.store.cli import main
 from mixlm.store.environment import open_environment
 from mixlm.store.online import record_key
+from tests.factories import make_record
 
 ENCODER = "enc-cli"
 
 
-def _record(item_id: str, version: int = 1, dim: int = 8) -> EmbeddingRecord:
-    rng = np.random.default_rng(abs(hash((item_id, version))) % 2**32)
-    return EmbeddingRecord(item_id, version, ENCODER, "0" * 64, rng.standard_normal((1, dim)).astype("float32"),
-                           job_id="bf-test")
+def _record(item_id: str, version: int = 1) -> EmbeddingRecord:
+    return make_record(item_id, version, encoder_id=ENCODER)
 
 
 @pytest.fixture()
@@ -128,7 +127,7 @@ def test_item_shows_header_not_floats_unless_asked(store_dir):
     assert plain["vector_norms"][0] == pytest.approx(float(np.linalg.norm(expected)), rel=1e-5)
     with_vectors = json.loads(
         invoke("--store", store_dir, "item", "item-1", "--encoder", ENCODER, "--vectors", "-o", "json").stdout)
-    np.testing.assert_allclose(with_vectors["vectors"], expected, rtol=1e-5)
+    np.testing.assert_allclose(with_vectors["vectors"], expected, atol=1e-6)
     deleted = json.loads(invoke("--store", store_dir, "item", "item-4", "--encoder", ENCODER, "-o", "json").stdout)
     assert deleted["deleted"] is True and deleted["item_version"] == 2
 
@@ -185,3 +184,22 @@ def test_load_errors(tmp_path):
     assert_one_line_error(invoke("--store", tmp_path / "s", "load", tmp_path / "none"), 2, "does not exist")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(invoke("--store", tmp_path / "s", "load", tmp_path / "empty"), 1, "no snapshot part files")
+
+
+def test_dead_letters_lists_reason_source_and_raw(store_dir):
+    from mixlm.store.dead_letters import DeadLetter
+
+    store = EmbeddingStore.open(store_dir)
+    job = store.jobs.create("stream", ENCODER)
+    store.put_many([], job_id=job.job_id, counts={"read": 2}, dead_letters=[
+        DeadLetter("version: must be an integer >= 0, got '12a'", b'{"version": "12a"}', "items/0@7"),
+        DeadLetter("value: is not valid UTF-8", b"\xff\xfe", "items/1@3")])
+    letters = json.loads(invoke("--store", store_dir, "dead-letters", job.job_id, "-o", "json").stdout)
+    assert [letter["source"] for letter in letters] == ["items/0@7", "items/1@3"]
+    assert letters[0]["raw"] == '{"version": "12a"}' and letters[1]["raw_base64"] == "//4="
+    assert EmbeddingStore.open(store_dir).jobs.get(job.job_id).counts.dead_lettered == 2
+    table = invoke("--store", store_dir, "dead-letters", job.job_id).stdout
+    assert "got '12a'" in table and "items/1@3" in table
+    backfill_id = next(j.job_id for j in EmbeddingStore.open(store_dir).jobs.list() if j.kind == "backfill")
+    assert "no dead letters" in invoke("--store", store_dir, "dead-letters", backfill_id).stdout
+    assert_one_line_error(invoke("--store", store_dir, "dead-letters", "st-nope"), 2, "st-nope")
