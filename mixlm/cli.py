@@ -3,6 +3,7 @@
 import click
 
 from mixlm.bench.cli import bench
+from mixlm.pipelines.cli import backfill, stream
 from mixlm.version import __version__
 
 
@@ -12,4 +13,5 @@ def main() -> None:
     """mixlm: LLM ranking with cached item embedding tokens (MixLM)."""
 
 
-main.add_command(bench)
+for command in (backfill, stream, bench):
+    main.add_command(command)

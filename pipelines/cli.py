@@ -1,0 +1,93 @@
+"""``mixlm backfill`` and ``mixlm stream``: the two jobs that fill the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mixlm.config import default_store_path
+from mixlm.errors import user_errors
+from mixlm.pipelines.formats import FORMATS
+from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, DTYPES
+
+_store_option = click.option(
+    "--store", "store_path", type=click.Path(path_type=Path, file_okay=False), envvar="MIXLM_STORE",
+    default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store", help="store directory")
+_bundle_option = click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+                              help="model bundle directory (mixlm bundle init / mixlm train)")
+_common = [
+    click.option("--snapshot-dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+                 help="vector type of the job's Parquet snapshot"),
+    click.option("--max-text-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_TEXT_BYTES, show_default=True,
+                 help="larger items are dead-lettered"),
+    click.option("--device", default=None, help="encoder device (default: cuda if available, else cpu)"),
+]
+_RUN_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}
+
+
+def _with_common(func):
+    for option in reversed(_common):
+        func = option(func)
+    return func
+
+
+def _log(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.command(context_settings=_RUN_CONTEXT)
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="ItemEvent JSONL, a BEIR corpus.jsonl[.gz], or Parquet (file or folder)")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@_bundle_option
+@_store_option
+@click.option("--snapshot-only", type=click.Path(file_okay=False), default=None,
+              help="write only a Parquet snapshot to this folder (distributed runners); then 'mixlm-store load' it")
+@_with_common
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+@user_errors
+def backfill(input_path, fmt, bundle_dir, store_path, snapshot_only, snapshot_dtype, max_text_bytes, device,
+             beam_args):
+    """Encode a catalog into the store as one batch job; prints the job id last.
+
+    Extra arguments (--runner, --project, ...) go to Beam; without --runner the job runs in
+    this process. Items whose content is unchanged since the last run are not encoded again.
+    """
+    from mixlm.pipelines.backfill import run_backfill
+    from mixlm.pipelines.runner import describe_counts
+
+    manifest = run_backfill(input_path, bundle_dir, str(store_path), fmt=fmt, beam_args=beam_args,
+                            snapshot_dtype=snapshot_dtype, snapshot_only=snapshot_only,
+                            max_text_bytes=max_text_bytes, device=device, log=_log)
+    _log(f"{manifest.status}: {describe_counts(manifest)}")
+    click.echo(manifest.job_id)
+
+
+@click.command(context_settings=_RUN_CONTEXT)
+@click.option("--bootstrap-servers", required=True, envvar="MIXLM_BOOTSTRAP_SERVERS", help="Kafka host:port[,...]")
+@click.option("--topic", required=True, help="topic of ItemEvents (key = item_id)")
+@click.option("--group", "group_id", required=True, help="consumer group: offsets resume from its commits")
+@_bundle_option
+@_store_option
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=None, help="stop after this long")
+@click.option("--max-records", type=click.IntRange(min=1), default=None, help="stop after reading this many")
+@click.option("--dead-letter-topic", default=None, help="also publish dead letters to this topic")
+@_with_common
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+@user_errors
+def stream(bootstrap_servers, topic, group_id, bundle_dir, store_path, max_seconds, max_records, dead_letter_topic,
+           snapshot_dtype, max_text_bytes, device, beam_args):
+    """Consume item events from Kafka into the store until SIGTERM or a bound; prints the job id last.
+
+    Offsets are committed to the group only after the store write is durable. Watch it
+    live with 'mixlm-store get <job_id>'.
+    """
+    from mixlm.pipelines.runner import describe_counts
+    from mixlm.pipelines.streaming import run_stream
+
+    manifest = run_stream(bootstrap_servers, topic, group_id, bundle_dir, str(store_path), max_seconds=max_seconds,
+                          max_records=max_records, dead_letter_topic=dead_letter_topic, beam_args=beam_args,
+                          snapshot_dtype=snapshot_dtype, max_text_bytes=max_text_bytes, device=device, log=_log)
+    _log(f"{manifest.status}: {describe_counts(manifest)}")
+    click.echo(manifest.job_id)

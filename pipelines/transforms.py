@@ -1,0 +1,272 @@
+"""The transforms both jobs share: parse + validate, classify against the store, sink."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import apache_beam as beam
+
+from mixlm.pipelines.elements import (
+    DEAD,
+    RECORD,
+    STALE,
+    UNCHANGED,
+    Outcome,
+    ParsedEvent,
+    RawEvent,
+)
+from mixlm.pipelines.stop import STOP
+from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, EmbeddingRecord, ValidationError, parse_item_event
+from mixlm.schemas.timefmt import format_rfc3339, utc_now
+from mixlm.store import EmbeddingStore, SnapshotWriter
+from mixlm.store.dead_letters import DeadLetter
+
+DEAD_LETTERS = "dead_letters"
+METRICS_NAMESPACE = "mixlm"
+TO_ENCODE = "to_encode"
+
+
+def dead_outcome(raw: RawEvent, reason: str) -> Outcome:
+    letter = DeadLetter(reason=reason, raw=raw.value, source=raw.source, at=format_rfc3339(utc_now()))
+    return Outcome(DEAD, raw.source, raw.position, dead_letter=letter)
+
+
+class ParseEvents(beam.DoFn):
+    """RawEvent -> ParsedEvent; invalid input -> a dead-letter Outcome on ``DEAD_LETTERS``."""
+
+    def __init__(self, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES):
+        self.max_text_bytes = max_text_bytes
+
+    def process(self, raw: RawEvent):
+        try:
+            data = raw.value
+            if raw.default_version is not None:
+                data = _with_default_version(raw.value, raw.default_version)
+            event = parse_item_event(data, max_text_bytes=self.max_text_bytes)
+            auto_version = raw.default_version is not None and event.version == raw.default_version
+            if raw.key is not None and raw.key != event.item_id.encode("utf-8"):
+                raise ValidationError("key", f"Kafka key {raw.key[:60]!r} does not match item_id {event.item_id!r}")
+        except ValidationError as exc:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_outcome(raw, str(exc)))
+            return
+        yield ParsedEvent(event, raw.source, raw.position, auto_version)
+
+
+def _with_default_version(value: bytes, version: int) -> dict | bytes:
+    """A catalog row without a version gets ``version``; anything unparsable is left to the validator."""
+    try:
+        data = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return value
+    if isinstance(data, dict) and data.get("version") is None:
+        data = {**data, "version": version}
+    return data
+
+
+class ClassifyAgainstStore(beam.DoFn):
+    """Decide per event: encode it, write it without encoding, or count it as stale/unchanged.
+
+    Deletes become tombstones. An upsert whose content hash equals the stored record's is not
+    encoded: with a newer version its stored vectors are rewritten under that version (so a
+    late, older event cannot win), otherwise it is ``unchanged``. Events older than or equal
+    to the stored version are ``stale`` before any encoding is spent on them. Catalog rows
+    without versions (``auto_version``) are compared by content alone.
+    """
+
+    def __init__(self, store_path: str, encoder_id: str, job_id: str):
+        self.store_path = store_path
+        self.encoder_id = encoder_id
+        self.job_id = job_id
+
+    def setup(self):
+        self.store = EmbeddingStore.open(self.store_path)
+
+    def process(self, parsed: ParsedEvent):
+        event = parsed.event
+        header = self.store.get_headers(self.encoder_id, [event.item_id]).get(event.item_id)
+        outcome = Outcome(RECORD, parsed.source, parsed.position)
+        if event.is_delete:
+            if header is not None and header.item_version >= event.version:
+                yield replace(outcome, kind=STALE)
+            else:
+                yield replace(outcome, record=EmbeddingRecord.tombstone(
+                    event.item_id, event.version, self.encoder_id, job_id=self.job_id, encoded_at=time.time()))
+            return
+        same_content = header is not None and not header.deleted and header.content_hash == event.content_hash()
+        if parsed.auto_version and header is not None:
+            if same_content:
+                yield replace(outcome, kind=UNCHANGED)
+                return
+            if header.item_version >= event.version:  # a clock behind the stored version: still newer
+                parsed = replace(parsed, event=replace(event, version=header.item_version + 1))
+                event = parsed.event
+        if header is not None and header.item_version >= event.version:
+            yield replace(outcome, kind=UNCHANGED if same_content else STALE)
+        elif same_content:
+            stored = self.store.get(self.encoder_id, event.item_id)
+            yield replace(outcome, record=replace(stored, item_version=event.version, job_id=self.job_id,
+                                                  encoded_at=time.time()))
+        else:
+            yield beam.pvalue.TaggedOutput(TO_ENCODE, parsed)
+
+
+def outcome_counts(outcomes: list[Outcome]) -> dict[str, int]:
+    """The counts a sink adds itself; written/deleted/stale-on-write come from the store write."""
+    return {
+        "read": len(outcomes),
+        "encoded": sum(o.encoded for o in outcomes),
+        "skipped_unchanged": sum(o.kind == UNCHANGED for o in outcomes),
+        "stale": sum(o.kind == STALE for o in outcomes),
+    }
+
+
+class WriteOutcomes(beam.DoFn):
+    """The one sink: records, counts, offsets and dead letters commit in one LMDB transaction.
+
+    Buffers are flushed by ``finish_bundle`` at the latest, so everything a bundle read is
+    durable before the runner finalizes the bundle (and the Kafka source commits offsets).
+    Written records also go to a Parquet snapshot of the job; a streaming job writes a part
+    file every ``snapshot_rows`` records, every ``snapshot_seconds``, and when it stops.
+    """
+
+    def __init__(self, store_path: str, job_id: str, encoder_id: str, *, snapshot: bool = True,
+                 snapshot_dtype: str = "float32", snapshot_rows: int = 50_000, snapshot_seconds: float | None = None,
+                 flush_size: int = 512, stop_aware: bool = False, dead_letter_topic: str | None = None,
+                 bootstrap_servers: str | None = None):
+        self.store_path = store_path
+        self.job_id = job_id
+        self.encoder_id = encoder_id
+        self.snapshot = snapshot
+        self.snapshot_dtype = snapshot_dtype
+        self.snapshot_rows = snapshot_rows
+        self.snapshot_seconds = snapshot_seconds
+        self.flush_size = flush_size
+        self.stop_aware = stop_aware
+        self.dead_letter_topic = dead_letter_topic
+        self.bootstrap_servers = bootstrap_servers
+
+    def setup(self):
+        self.store = EmbeddingStore.open(self.store_path)
+        self.writer = None
+        if self.snapshot:
+            self.writer = SnapshotWriter(Path(self.store_path) / "snapshots", self.encoder_id, self.job_id,
+                                         dtype=self.snapshot_dtype, rows_per_file=self.snapshot_rows)
+        self.last_snapshot = time.monotonic()
+        self.buffer: list[Outcome] = []
+        self.producer = None
+        if self.dead_letter_topic:
+            from kafka import KafkaProducer
+
+            self.producer = KafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=0)
+
+    def process(self, outcome: Outcome):
+        self.buffer.append(outcome)
+        if len(self.buffer) >= self.flush_size:
+            self._flush()
+
+    def finish_bundle(self):
+        self._flush()
+        if self.writer is None:
+            return
+        stopping = self.stop_aware and STOP.is_set()
+        due = self.snapshot_seconds is None or time.monotonic() - self.last_snapshot >= self.snapshot_seconds
+        if stopping or due:
+            if self.writer.flush() is not None:
+                self.store.jobs.update(self.job_id, outputs={"snapshot": str(self.writer.directory)})
+            self.last_snapshot = time.monotonic()
+
+    def teardown(self):
+        if getattr(self, "writer", None) is not None:
+            self.writer.flush()
+        if getattr(self, "producer", None) is not None:
+            self.producer.close()
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        outcomes, self.buffer = self.buffer, []
+        records = [o.record for o in outcomes if o.kind == RECORD]
+        offsets: dict[str, dict[str, int]] = {}
+        for o in outcomes:
+            if o.position is not None:
+                partitions = offsets.setdefault(o.position.topic, {})
+                partitions[str(o.position.partition)] = max(partitions.get(str(o.position.partition), 0),
+                                                             o.position.offset + 1)
+        counts = outcome_counts(outcomes)
+        dead_letters = [o.dead_letter for o in outcomes if o.kind == DEAD]
+        self.store.put_many(records, job_id=self.job_id, counts=counts, offsets=offsets, dead_letters=dead_letters)
+        if self.writer is not None:
+            self.writer.write(records)
+        if self.producer is not None and dead_letters:
+            # After the commit: the store holds every dead letter, the topic gets them at least once.
+            for letter in dead_letters:
+                self.producer.send(self.dead_letter_topic, key=letter.source.encode(),
+                                   value=json.dumps({**letter.to_dict(), "job_id": self.job_id}).encode())
+            self.producer.flush()
+
+
+class ClassifyWithoutStore(beam.DoFn):
+    """Snapshot-only jobs cannot read LMDB: deletes become tombstones, every upsert is encoded."""
+
+    def __init__(self, encoder_id: str, job_id: str):
+        self.encoder_id = encoder_id
+        self.job_id = job_id
+
+    def process(self, parsed: ParsedEvent):
+        event = parsed.event
+        if event.is_delete:
+            yield Outcome(RECORD, parsed.source, parsed.position, record=EmbeddingRecord.tombstone(
+                event.item_id, event.version, self.encoder_id, job_id=self.job_id, encoded_at=time.time()))
+        else:
+            yield beam.pvalue.TaggedOutput(TO_ENCODE, parsed)
+
+
+class WriteSnapshotOnly(beam.DoFn):
+    """The sink of a distributed backfill: Parquet parts and dead-letter JSONL, counts as Beam metrics.
+
+    ``snapshot_root`` must be a path every worker reaches; ``mixlm-store load`` then builds LMDB.
+    """
+
+    def __init__(self, snapshot_root: str, job_id: str, encoder_id: str, *, snapshot_dtype: str = "float32",
+                 snapshot_rows: int = 50_000):
+        self.snapshot_root = snapshot_root
+        self.job_id = job_id
+        self.encoder_id = encoder_id
+        self.snapshot_dtype = snapshot_dtype
+        self.snapshot_rows = snapshot_rows
+
+    def setup(self):
+        self.writer = SnapshotWriter(self.snapshot_root, self.encoder_id, self.job_id, dtype=self.snapshot_dtype,
+                                     rows_per_file=self.snapshot_rows)
+        self.counters = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in
+                         ("read", "encoded", "skipped_unchanged", "stale", "written", "deleted", "dead_lettered")}
+        self.dead_letter_file = None
+
+    def process(self, outcome: Outcome):
+        for name, value in outcome_counts([outcome]).items():
+            self.counters[name].inc(value)
+        if outcome.kind == RECORD:
+            self.counters["deleted" if outcome.record.deleted else "written"].inc()
+            self.writer.write([outcome.record])
+        elif outcome.kind == DEAD:
+            self.counters["dead_lettered"].inc()
+            self._dead_letters().write(json.dumps(outcome.dead_letter.to_dict()) + "\n")
+
+    def _dead_letters(self):
+        if self.dead_letter_file is None:
+            directory = Path(self.snapshot_root) / "dead_letters" / f"job={self.job_id}"
+            directory.mkdir(parents=True, exist_ok=True)
+            self.dead_letter_file = open(directory / f"part-{self.writer.writer_token}.jsonl", "a")  # noqa: SIM115
+        return self.dead_letter_file
+
+    def finish_bundle(self):
+        self.writer.flush()
+        if self.dead_letter_file is not None:
+            self.dead_letter_file.flush()
+
+    def teardown(self):
+        if self.dead_letter_file is not None:
+            self.dead_letter_file.close()
