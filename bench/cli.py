@@ -34,3 +34,50 @@ def store_command(items: int, dim: int, lookup_size: int, lookups: int, out: Pat
     click.echo(columns_table(report["results"], ("dtype", "items", "dim", "write_records_per_s",
                                                   "lookup_size", "lookup_p50_ms", "lookup_p99_ms")))
     click.echo(f"wrote {out}")
+
+
+def _default_corpus() -> Path:
+    """Long real job postings where ../shared has them (not shipped: no licence), else SciFact."""
+    postings = Path("../shared/data/job_postings/glassdoor_ds_jobs_kaggle/corpus.jsonl.gz")
+    return postings if postings.is_file() else Path("data/scifact/corpus.jsonl.gz")
+
+
+@bench.command("backfill")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="BEIR corpus.jsonl[.gz] (default: job postings from ../shared, else SciFact)")
+@click.option("--items", type=click.IntRange(min=10), default=2_000, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              default=RESULTS_DIR / "backfill.json", show_default=True)
+def backfill_command(bundle_dir: str, corpus: Path | None, items: int, out: Path) -> None:
+    """Backfill throughput against the raw encoder loop, same model and items, one run."""
+    from mixlm.bench.pipeline_bench import run_backfill_bench
+    from mixlm.bench.store_bench import machine, write_report
+
+    corpus = corpus or _default_corpus()
+    result = run_backfill_bench(bundle_dir, corpus, n_items=items, log=lambda line: click.echo(line, err=True))
+    write_report({"benchmark": "backfill", "machine": machine(), "bundle": bundle_dir, "corpus": str(corpus),
+                  "results": [result]}, out)
+    click.echo(columns_table([result], list(result)))
+    click.echo(f"wrote {out}")
+
+
+@bench.command("freshness")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--rate", type=click.FloatRange(min=0.1), default=20.0, show_default=True, help="events per second")
+@click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              default=RESULTS_DIR / "freshness.json", show_default=True)
+def freshness_command(bundle_dir: str, corpus: Path | None, rate: float, seconds: float, out: Path) -> None:
+    """Streaming freshness: produce at a fixed rate, time until each item is readable in LMDB."""
+    from mixlm.bench.pipeline_bench import run_freshness_bench
+    from mixlm.bench.store_bench import machine, write_report
+
+    corpus = corpus or _default_corpus()
+    result = run_freshness_bench(bundle_dir, corpus, rate_per_s=rate, seconds=seconds,
+                                 log=lambda line: click.echo(line, err=True))
+    write_report({"benchmark": "freshness", "machine": machine(), "bundle": bundle_dir, "corpus": str(corpus),
+                  "results": [result]}, out)
+    click.echo(columns_table([result], list(result)))
+    click.echo(f"wrote {out}")

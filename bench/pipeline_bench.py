@@ -74,9 +74,9 @@ def run_freshness_bench(bundle_dir: str, corpus: Path, *, rate_per_s: float = 20
         admin.close()
         store_path = str(Path(tmp) / "store")
         EmbeddingStore.open(store_path, create=True)
-        from mixlm.pipelines.bundle_info import bundle_encoder_id
+        from mixlm.encoders.config import BundleConfig
 
-        encoder_id = bundle_encoder_id(bundle_dir)
+        encoder_id = BundleConfig.load(bundle_dir).encoder_id
         job = threading.Thread(target=run_stream, kwargs=dict(
             bootstrap_servers=broker.bootstrap_servers, topic="items", group_id="freshness", bundle_dir=bundle_dir,
             store_path=store_path, max_seconds=seconds + 15, log=lambda _line: None), daemon=True)

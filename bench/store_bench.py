@@ -67,12 +67,14 @@ def run_store_bench(*, n_items: int = 100_000, dim: int = 1024, lookup_size: int
             }
             results.append(row)
             log(f"  {dtype}: lookup p50 {row['lookup_p50_ms']} ms, p99 {row['lookup_p99_ms']} ms")
-    return {
-        "benchmark": "store",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
-        "results": results,
-    }
+    return {"benchmark": "store", "machine": machine(), "results": results}
+
+
+def machine() -> dict:
+    import os
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -1,27 +1,25 @@
 """Batching by token budget with length bucketing.
 
-Sorting by length before cutting batches keeps padding small, and capping
-``longest * count`` keeps a batch of long items from spiking memory.
+A padded batch costs ``longest * count`` token positions, so capping that product bounds
+memory whatever the item lengths; cutting batches from items sorted by length keeps the
+padding small. The order is a pure function of the lengths (ties by index): deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
-def token_budget_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Index batches with ``max(length) * len(batch) <= budget``; an over-long item goes alone."""
+def token_budget_batches(lengths: Sequence[int], budget: int) -> Iterator[list[int]]:
+    """Index batches with ``max(length) * len(batch) <= budget``; an item over budget goes alone."""
     if budget < 1:
-        raise ValueError("token budget must be positive")
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        longest = max(lengths[index], 1)  # sorted ascending: the newest item is the longest
-        if current and longest * (len(current) + 1) > budget:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+        raise ValueError(f"token budget must be positive, got {budget}")
+    batch: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        longest = max(lengths[index], 1)  # ascending order: the newest item is the batch's longest
+        if batch and longest * (len(batch) + 1) > budget:
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch

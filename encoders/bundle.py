@@ -1,110 +1,197 @@
-"""Model bundles: build one (tiny, or from pretrained bases) and find its parts.
+"""Model bundles: the paired encoder + ranker that pipelines, ranker and training load.
 
-A bundle directory holds ``mixlm.json``, the projection as safetensors, and the encoder and
-ranker models, either as folders inside it or as references to fetched pretrained models.
+A bundle is a directory::
+
+    mixlm.json               BundleConfig: models, encoding, projection, prompt, encoder_id
+    encoder/                 transformers config + safetensors weights + tokenizer
+    ranker/                  the same, a causal LM
+    projection.safetensors   encoder width -> ranker width (empty for an identity)
+
+It is built in a hidden sibling directory and renamed into place, so a directory with a
+``mixlm.json`` is always complete. Whoever changes the encoder's files or settings (training)
+calls ``seal_bundle`` afterwards to refresh ``encoder_id``; loading an encoder checks it.
 """
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
-from mixlm.encoders.config import BundleConfig, ModelRef, PromptTemplate
-from mixlm.encoders.fingerprint import PROJECTION_FILE, encoder_fingerprint
-from mixlm.encoders.pretrained import PRETRAINED, PRETRAINED_PREFIX, resolve
-from mixlm.encoders.projection import default_projection, init_projection
+from mixlm.encoders.config import (
+    CONFIG_NAME,
+    BundleConfig,
+    EncodingConfig,
+    ModelInfo,
+    ProjectionConfig,
+    PromptTemplate,
+    default_pooling,
+    default_projection,
+)
+from mixlm.encoders.fingerprint import encoder_fingerprint
+
+ENCODER_DIR = "encoder"
+RANKER_DIR = "ranker"
+PROJECTION_FILE = "projection.safetensors"
 
 
-ENCODER_ONLY_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta", "deberta-v2"}
+class Bundle:
+    """A bundle's config; its tokenizers and models load on first use."""
+
+    def __init__(self, path: str | Path, config: BundleConfig):
+        self.path = Path(path)
+        self.config = config
+
+    @property
+    def encoder_dir(self) -> Path:
+        return self.path / ENCODER_DIR
+
+    @property
+    def ranker_dir(self) -> Path:
+        return self.path / RANKER_DIR
+
+    @property
+    def projection_file(self) -> Path:
+        return self.path / PROJECTION_FILE
+
+    @property
+    def encoder_id(self) -> str:
+        return self.config.encoder_id
+
+    @cached_property
+    def encoder_tokenizer(self):
+        from mixlm.encoders.hf_models import load_tokenizer
+
+        return load_tokenizer(self.encoder_dir)
+
+    @cached_property
+    def ranker_tokenizer(self):
+        from mixlm.encoders.hf_models import load_tokenizer
+
+        return load_tokenizer(self.ranker_dir)
+
+    def load_encoder(self, device=None, dtype=None):
+        """The encoder's base model (hidden states, no LM head); default device and dtype: see ``hf_models``."""
+        from mixlm.encoders.hf_models import load_model
+
+        return load_model(self.encoder_dir, causal_lm=False, device=device, dtype=dtype)
+
+    def load_ranker(self, device=None, dtype=None):
+        """The ranker as a causal LM (its LM head gives the yes/no logits)."""
+        from mixlm.encoders.hf_models import load_model
+
+        return load_model(self.ranker_dir, causal_lm=True, device=device, dtype=dtype)
+
+    def load_projection(self):
+        """The projection on the CPU in float32 (move it where the encoder runs)."""
+        from mixlm.encoders.projection import load_projection
+
+        return load_projection(self.config.projection, self.projection_file)
+
+    def fingerprint(self) -> str:
+        """The encoder_id the bundle's current files and settings give (hashes the encoder's weights)."""
+        return encoder_fingerprint(self.encoder_dir, self.config.encoding, self.config.projection,
+                                   self.projection_file)
+
+    def check_encoder_id(self) -> None:
+        """Refuse a bundle whose encoder changed after sealing: its vectors would be stored under a wrong id."""
+        current = self.fingerprint()
+        if current != self.encoder_id:
+            raise ValueError(f"bundle {self.path}: its encoder files or settings changed after its encoder_id was "
+                             f"computed ({self.encoder_id} in {CONFIG_NAME}, {current} now); "
+                             "seal it again with mixlm.encoders.seal_bundle()")
 
 
-def model_path(bundle_dir: str | Path, ref: ModelRef) -> Path:
-    if ref.path.startswith(PRETRAINED_PREFIX):
-        return resolve(ref.path[len(PRETRAINED_PREFIX):])
-    return Path(bundle_dir) / ref.path
+def load_bundle(path: str | Path) -> Bundle:
+    """Read ``mixlm.json`` and check the parts are there; nothing heavy is loaded yet."""
+    bundle = Bundle(path, BundleConfig.load(path))
+    for part in (bundle.encoder_dir, bundle.ranker_dir, bundle.projection_file):
+        if not part.exists():
+            raise FileNotFoundError(f"bundle {path} is incomplete: {part.name} is missing")
+    return bundle
 
 
-def resolve_answer_tokens(tokenizer, prompt: PromptTemplate) -> PromptTemplate:
-    """Fill in the yes/no token ids; each answer must be exactly one token of the ranker's vocabulary."""
-    ids = {}
+def answer_token_ids(tokenizer, prompt: PromptTemplate) -> PromptTemplate:
+    """The prompt with yes/no token ids filled in; each answer must be exactly one ranker token."""
+    ids = []
     for word in (prompt.yes, prompt.no):
         tokens = tokenizer.encode(word, add_special_tokens=False)
         if len(tokens) != 1:
             raise ValueError(f"the ranker tokenizer splits the answer {word!r} into {len(tokens)} tokens {tokens}; "
-                             "the yes/no head needs single tokens (set prompt.yes/prompt.no in mixlm.json)")
-        ids[word] = tokens[0]
-    if ids[prompt.yes] == ids[prompt.no]:
-        raise ValueError("the yes and no answers map to the same token")
-    return PromptTemplate(**{**vars(prompt), "yes_token_id": ids[prompt.yes], "no_token_id": ids[prompt.no]})
+                             "the yes/no head needs one token each (set prompt yes/no to words it keeps whole)")
+        ids.append(tokens[0])
+    if ids[0] == ids[1]:
+        raise ValueError(f"the answers {prompt.yes!r} and {prompt.no!r} are the same token {ids[0]}")
+    return dataclasses.replace(prompt, yes_token_id=ids[0], no_token_id=ids[1])
 
 
-def _model_ref(bundle_dir: Path, role: str, source: str, kind: str | None) -> ModelRef:
-    """A pretrained name is referenced; a local model folder is copied into the bundle."""
-    from transformers import AutoConfig
-
-    if source in PRETRAINED:
-        return ModelRef(PRETRAINED_PREFIX + source, PRETRAINED[source].kind,
-                        AutoConfig.from_pretrained(str(resolve(source))).hidden_size)
-    source_dir = Path(source)
-    if not (source_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{source} is neither a pretrained model ({', '.join(PRETRAINED)}) "
-                                "nor a model folder with config.json")
-    shutil.copytree(source_dir, bundle_dir / role, dirs_exist_ok=True)
-    config = AutoConfig.from_pretrained(str(source_dir))
-    detected = "encoder-only" if config.model_type in ENCODER_ONLY_TYPES else "decoder"
-    return ModelRef(role, kind or detected, config.hidden_size)
+def _seal(path: Path, config: BundleConfig) -> Bundle:
+    bundle = Bundle(path, config)
+    prompt = answer_token_ids(bundle.ranker_tokenizer, config.prompt)
+    bundle.config = dataclasses.replace(config, prompt=prompt, encoder_id=bundle.fingerprint())
+    bundle.config.save(path)
+    return bundle
 
 
-def finish_bundle(bundle_dir: Path, config: BundleConfig, *, seed: int) -> BundleConfig:
-    """Write the projection and the answer-token ids, fingerprint the encoder, save mixlm.json."""
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer
-
-    if config.projection != "identity":
-        projection = init_projection(config.projection, config.encoder.hidden_size, config.ranker.hidden_size, seed)
-        save_file({k: v.contiguous() for k, v in projection.state_dict().items()}, str(bundle_dir / PROJECTION_FILE))
-    ranker_tokenizer = AutoTokenizer.from_pretrained(str(model_path(bundle_dir, config.ranker)))
-    config.prompt = resolve_answer_tokens(ranker_tokenizer, config.prompt)
-    config.encoder_id = encoder_fingerprint(config, model_path(bundle_dir, config.encoder), bundle_dir)
-    config.save(bundle_dir)
-    return config
+def seal_bundle(path: str | Path) -> Bundle:
+    """Recompute ``encoder_id`` and the answer token ids from the bundle's files; save ``mixlm.json``."""
+    bundle = load_bundle(path)
+    return _seal(bundle.path, bundle.config)
 
 
-def init_bundle(out_dir: str | Path, encoder: str, ranker: str, *, n_tokens: int = 1, pooling: str = "last",
-                max_length: int = 512, projection: str | None = None, seed: int = 0) -> BundleConfig:
-    """A bundle from pretrained bases; its projection is freshly initialised until training."""
-    bundle_dir = Path(out_dir)
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    encoder_ref = _model_ref(bundle_dir, "encoder", encoder, None)
-    ranker_ref = _model_ref(bundle_dir, "ranker", ranker, None)
-    if ranker_ref.kind != "decoder":
-        raise ValueError(f"the ranker must be a causal LM; {ranker} is {ranker_ref.kind}")
-    config = BundleConfig(encoder=encoder_ref, ranker=ranker_ref, pooling=pooling, n_tokens=n_tokens,
-                          max_length=max_length,
-                          projection=projection or default_projection(encoder_ref.hidden_size, ranker_ref.hidden_size))
-    return finish_bundle(bundle_dir, config, seed=seed)
+def init_bundle(out_dir: str | Path, encoder_path: str | Path, ranker_path: str | Path, *, n_tokens: int = 1,
+                pooling: str | None = None, max_length: int = 512, projection: str | None = None,
+                prompt: PromptTemplate | None = None, seed: int = 0,
+                log: Callable[[str], None] = lambda line: None) -> Bundle:
+    """A bundle from two local model folders; its projection is freshly initialised (seeded).
+
+    ``pooling`` defaults to ``default_pooling`` of the encoder's kind; ``projection`` to an
+    identity when the widths match, else ``linear``.
+    """
+    from mixlm.encoders.hf_models import copy_model, model_kind, read_config
+    from mixlm.encoders.projection import init_projection, save_projection
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not empty; a bundle needs a new directory")
+    encoder_config, ranker_config = read_config(encoder_path), read_config(ranker_path)
+    encoder = ModelInfo(Path(encoder_path).resolve().name, model_kind(encoder_config), encoder_config.hidden_size)
+    ranker = ModelInfo(Path(ranker_path).resolve().name, model_kind(ranker_config), ranker_config.hidden_size)
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    if positions and max_length > positions:
+        raise ValueError(f"max_length {max_length} exceeds the encoder's {positions} positions")
+    config = BundleConfig(
+        encoder=encoder, ranker=ranker,
+        encoding=EncodingConfig(pooling or default_pooling(encoder.kind, n_tokens), n_tokens, max_length),
+        projection=ProjectionConfig(projection or default_projection(encoder.hidden_size, ranker.hidden_size),
+                                    encoder.hidden_size, ranker.hidden_size),
+        prompt=prompt or PromptTemplate())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as staging_root:
+        staging = Path(staging_root) / out.name
+        copy_model(encoder_path, staging / ENCODER_DIR, causal_lm=False, log=log)
+        copy_model(ranker_path, staging / RANKER_DIR, causal_lm=True, log=log)
+        save_projection(init_projection(config.projection, seed), staging / PROJECTION_FILE)
+        bundle = _seal(staging, config)
+        os.replace(staging, out)
+    log(f"bundle {out}: encoder_id {bundle.encoder_id}")
+    return Bundle(out, bundle.config)
 
 
-def init_tiny_bundle(out_dir: str | Path, *, encoder_kind: str = "decoder", n_tokens: int = 1, pooling: str = "last",
-                     max_length: int = 128, seed: int = 0) -> BundleConfig:
-    """Tiny random encoder and ranker (2 layers) with an in-process trained tokenizer."""
-    from mixlm.encoders.tiny import save_tiny_bert, save_tiny_decoder, save_tiny_tokenizer, train_tiny_tokenizer
+def init_tiny_bundle(out_dir: str | Path, *, encoder_kind: str = "decoder", n_tokens: int = 1,
+                     pooling: str | None = None, max_length: int = 128, projection: str | None = None,
+                     seed: int = 0) -> Bundle:
+    """Tiny random encoder and ranker (2 layers; see ``mixlm.encoders.tiny``): seconds on CPU, no network.
 
-    bundle_dir = Path(out_dir)
-    tokenizer = train_tiny_tokenizer()
-    vocab = tokenizer.get_vocab_size()
-    for role in ("encoder", "ranker"):
-        (bundle_dir / role).mkdir(parents=True, exist_ok=True)
-        save_tiny_tokenizer(bundle_dir / role, tokenizer)
-    save_tiny_decoder(bundle_dir / "ranker", vocab, 64, causal_lm=True, seed=seed)
-    if encoder_kind == "decoder":
-        save_tiny_decoder(bundle_dir / "encoder", vocab, 48, causal_lm=False, seed=seed + 1)
-        encoder_ref = ModelRef("encoder", "decoder", 48)
-    elif encoder_kind == "encoder-only":
-        save_tiny_bert(bundle_dir / "encoder", vocab, 32, seed=seed + 1)
-        encoder_ref = ModelRef("encoder", "encoder-only", 32)
-    else:
-        raise ValueError(f"encoder_kind must be 'decoder' or 'encoder-only', got {encoder_kind!r}")
-    config = BundleConfig(encoder=encoder_ref, ranker=ModelRef("ranker", "decoder", 64), pooling=pooling,
-                          n_tokens=n_tokens, max_length=max_length, projection="linear")
-    return finish_bundle(bundle_dir, config, seed=seed)
+    Defaults as ``init_bundle``: last-token pooling for the decoder encoder, a linear projection.
+    """
+    from mixlm.encoders.tiny import save_tiny_models
+
+    with tempfile.TemporaryDirectory(prefix="mixlm-tiny-") as work:
+        encoder_dir, ranker_dir = save_tiny_models(Path(work), encoder_kind=encoder_kind, seed=seed)
+        return init_bundle(out_dir, encoder_dir, ranker_dir, n_tokens=n_tokens, pooling=pooling,
+                           max_length=max_length, projection=projection, seed=seed)
+

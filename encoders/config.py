@@ -1,73 +1,154 @@
-"""``mixlm.json``: the description of a model bundle that pipelines, ranker and training share."""
+"""``mixlm.json``: the description of a model bundle that pipelines, ranker and training share.
+
+Plain dataclasses and JSON, no torch, so reading a bundle's settings stays cheap.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-from mixlm.encoders.pooling import POOLINGS
-from mixlm.encoders.projection import PROJECTIONS
+from typing import Any
 
 BUNDLE_FORMAT = 1
 CONFIG_NAME = "mixlm.json"
+POOLINGS = ("last", "last_k", "mean")
+PROJECTIONS = ("identity", "linear", "mlp")
+MODEL_KINDS = ("decoder", "encoder-only")
+DEFAULT_ITEM_TEMPLATE = "{title}\n{text}"
 
 
-@dataclass
-class ModelRef:
-    """Where a model's files are: ``encoder``/``ranker`` inside the bundle, or ``pretrained:<name>``."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """One of the bundle's two models: where it came from, its kind and hidden width."""
 
-    path: str
+    base: str  # the pretrained name or source folder it was built from ("smollm2-135m", "tiny-llama-64")
     kind: str  # "decoder" (causal LM) or "encoder-only" (BERT-like)
     hidden_size: int
 
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
 
-@dataclass
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """Everything besides the model files that decides an item's vectors."""
+
+    pooling: str = "last"
+    n_tokens: int = 1  # T_S, embedding tokens per item
+    max_length: int = 512  # item tokens kept, special tokens included; the beginning is kept
+    item_template: str = DEFAULT_ITEM_TEMPLATE
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.n_tokens < 1 or (self.pooling != "last_k" and self.n_tokens != 1):
+            raise ValueError(f"{self.pooling} pooling gives 1 embedding token; n_tokens={self.n_tokens} needs last_k")
+        if self.max_length < self.n_tokens:
+            raise ValueError(f"max_length {self.max_length} is shorter than n_tokens {self.n_tokens}")
+        if "{title}" not in self.item_template or "{text}" not in self.item_template:
+            raise ValueError(f"item_template must contain {{title}} and {{text}}, got {self.item_template!r}")
+
+    def format_item(self, title: str, text: str) -> str:
+        return self.item_template.format(title=title, text=text)
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    kind: str  # identity, linear or mlp
+    in_dim: int  # encoder hidden size
+    out_dim: int  # ranker hidden size
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.kind!r}")
+        if self.kind == "identity" and self.in_dim != self.out_dim:
+            raise ValueError(f"identity projection needs equal widths, got {self.in_dim} -> {self.out_dim}")
+
+
+@dataclass(frozen=True)
 class PromptTemplate:
-    """``[prefix + query + query_suffix][item embedding tokens][end]`` then the answer token."""
+    """The ranker's input: ``system + instruction(query)``, the item's embedding tokens, ``end``.
 
-    prefix: str = "Judge whether the item is relevant to the query. Answer yes or no.\nQuery: "
-    query_suffix: str = "\nItem:"
+    The ranker then scores the next token: ``yes`` against ``no``, each one token of the ranker's
+    vocabulary (their ids are looked up when the bundle is sealed).
+    """
+
+    system: str = "Judge whether the catalog item is relevant to the search query. Answer yes or no.\n"
+    instruction: str = "Query: {query}\nItem:"
     end: str = "\nRelevant:"
     yes: str = " yes"
     no: str = " no"
-    yes_token_id: int = -1
-    no_token_id: int = -1
+    yes_token_id: int | None = None
+    no_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if "{query}" not in self.instruction:
+            raise ValueError(f"prompt instruction must contain {{query}}, got {self.instruction!r}")
 
 
-@dataclass
+def default_pooling(kind: str, n_tokens: int) -> str:
+    """last_k for several tokens; else the last token of a decoder, the mean of a BERT-like encoder."""
+    if n_tokens > 1:
+        return "last_k"
+    return "last" if kind == "decoder" else "mean"
+
+
+def default_projection(in_dim: int, out_dim: int) -> str:
+    return "identity" if in_dim == out_dim else "linear"
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be an object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
 class BundleConfig:
-    encoder: ModelRef
-    ranker: ModelRef
-    pooling: str = "last"
-    n_tokens: int = 1
-    max_length: int = 512
-    projection: str = "linear"
-    retrieval_pooling: str = "mean"
-    item_template: str = "{title}\n{text}"
+    encoder: ModelInfo
+    ranker: ModelInfo
+    encoding: EncodingConfig
+    projection: ProjectionConfig
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
-    encoder_id: str = ""
+    encoder_id: str = ""  # set when the bundle is sealed
     format: int = BUNDLE_FORMAT
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):
-            self.encoder = ModelRef(**self.encoder)
-        if isinstance(self.ranker, dict):
-            self.ranker = ModelRef(**self.ranker)
-        if isinstance(self.prompt, dict):
-            self.prompt = PromptTemplate(**self.prompt)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
-        if self.n_tokens < 1 or (self.pooling != "last_k" and self.n_tokens != 1):
-            raise ValueError(f"{self.pooling} pooling gives 1 embedding token; n_tokens={self.n_tokens} needs last_k")
+        if self.ranker.kind != "decoder":
+            raise ValueError(f"the ranker must be a causal LM; {self.ranker.base} is {self.ranker.kind}")
+        widths = (self.encoder.hidden_size, self.ranker.hidden_size)
+        if (self.projection.in_dim, self.projection.out_dim) != widths:
+            raise ValueError(f"projection {self.projection.in_dim} -> {self.projection.out_dim} does not map the "
+                             f"encoder width {widths[0]} to the ranker width {widths[1]}")
 
-    def format_item(self, title: str, text: str) -> str:
-        return self.item_template.format(title=title, text=text).strip()
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-    def save(self, bundle_dir: Path) -> None:
-        (Path(bundle_dir) / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise ValueError(f"bundle format {found!r}; this mixlm reads format {BUNDLE_FORMAT}")
+        parts = {"encoder": ModelInfo, "ranker": ModelInfo, "encoding": EncodingConfig,
+                 "projection": ProjectionConfig, "prompt": PromptTemplate}
+        missing = sorted(set(parts) - set(data))
+        if missing:
+            raise ValueError(f"mixlm.json lacks {', '.join(missing)}")
+        built = {name: _build(kind, data[name], name) for name, kind in parts.items()}
+        rest = {k: v for k, v in data.items() if k not in parts}
+        return _build(cls, {**rest, **built}, "mixlm.json")
+
+    def save(self, bundle_dir: str | Path) -> None:
+        (Path(bundle_dir) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, bundle_dir: str | Path) -> BundleConfig:
@@ -75,7 +156,7 @@ class BundleConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{bundle_dir} is not a model bundle (no {CONFIG_NAME}); "
                                     "make one with 'mixlm bundle init'")
-        data = json.loads(path.read_text())
-        if data.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"{path}: bundle format {data.get('format')!r}, this mixlm reads {BUNDLE_FORMAT}")
-        return cls(**data)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except ValueError as exc:  # json.JSONDecodeError included
+            raise ValueError(f"{path}: {exc}") from None

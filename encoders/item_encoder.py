@@ -1,4 +1,11 @@
-"""``ItemEncoder``: item text -> T_S embedding tokens (ranker width) + a retrieval vector."""
+"""``ItemEncoder``: items ``(title, text)`` -> T_S embedding tokens at the ranker's width.
+
+Each item also gets a retrieval vector for a first-stage (FAISS) index: the masked mean of
+the encoder's last hidden layer, before the projection, L2-normalised.
+
+An item's vectors do not depend on the batch it lands in: batches are right-padded and the
+padding is masked out (causal decoders never see it at all), so only float rounding differs.
+"""
 
 from __future__ import annotations
 
@@ -10,116 +17,102 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mixlm.encoders.batching import token_budget_batches
-from mixlm.encoders.bundle import model_path
-from mixlm.encoders.config import BundleConfig
-from mixlm.encoders.fingerprint import PROJECTION_FILE
+from mixlm.encoders.bundle import Bundle, load_bundle
+from mixlm.encoders.config import DEFAULT_ITEM_TEMPLATE, EncodingConfig, ProjectionConfig
+from mixlm.encoders.fingerprint import encoder_fingerprint
+from mixlm.encoders.hf_models import load_model, load_tokenizer
+from mixlm.encoders.item_tokenizer import ItemTokenizer
 from mixlm.encoders.pooling import pool
-from mixlm.encoders.projection import build_projection
 from mixlm.schemas import EmbeddingRecord, ItemEvent
 
+# Padded token positions per forward pass; bounds activation memory whatever the item lengths.
 DEFAULT_TOKEN_BUDGET = 16_384
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """bfloat16 on CUDA, float32 on CPU, unless told otherwise."""
-    if dtype:
-        return getattr(torch, dtype)
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-@dataclass
+@dataclass(frozen=True)
 class EncodedItem:
-    vectors: np.ndarray  # [T_S, ranker hidden], float32
-    retrieval_vector: np.ndarray  # [encoder hidden], L2-normalised mean of the encoder's last layer
-    source_tokens: int
-    truncated: bool
+    vectors: np.ndarray  # [T_S, ranker width], float32
+    retrieval_vector: np.ndarray  # [encoder width], float32, L2-normalised masked mean (before projection)
+    source_tokens: int  # tokens of the whole item text, special tokens included
+    truncated: bool  # source_tokens > max_length: only the first max_length tokens were encoded
 
 
 class ItemEncoder:
-    def __init__(self, config: BundleConfig, model, tokenizer, projection: torch.nn.Module, *,
-                 device: torch.device, token_budget: int = DEFAULT_TOKEN_BUDGET):
-        self.config = config
+    def __init__(self, model: nn.Module, tokenizer, encoding: EncodingConfig, encoder_id: str, *,
+                 projection: nn.Module | None = None, token_budget: int = DEFAULT_TOKEN_BUDGET):
+        """``model``: a transformers base model already on its device and dtype; ``projection`` defaults to identity."""
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.projection = projection.eval()
-        self.device = device
+        self.model.config.use_cache = False  # one forward per batch: a KV cache would only cost memory
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.projection = (projection or nn.Identity()).to(self.device, self.dtype).eval()
+        self.tokenizer = ItemTokenizer(tokenizer, encoding.max_length)
+        self.encoding = encoding
+        self.encoder_id = encoder_id
         self.token_budget = token_budget
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | Path, *, device: str | None = None, dtype: str | None = None,
+    def from_bundle(cls, bundle: Bundle | str | Path, *, device=None, dtype=None,
                     token_budget: int = DEFAULT_TOKEN_BUDGET) -> ItemEncoder:
-        from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
+        """The bundle's encoder + projection; refuses a bundle whose files no longer match its encoder_id."""
+        bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        bundle.check_encoder_id()
+        return cls(bundle.load_encoder(device, dtype), bundle.encoder_tokenizer, bundle.config.encoding,
+                   bundle.encoder_id, projection=bundle.load_projection(), token_budget=token_budget)
 
-        config = BundleConfig.load(bundle_dir)
-        encoder_dir = str(model_path(bundle_dir, config.encoder))
-        torch_device = pick_device(device)
-        torch_dtype = pick_dtype(torch_device, dtype)
-        model = AutoModel.from_pretrained(encoder_dir, dtype=torch_dtype).to(torch_device)
-        tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-        projection = build_projection(config.projection, config.encoder.hidden_size, config.ranker.hidden_size)
-        if config.projection != "identity":
-            projection.load_state_dict(load_file(str(Path(bundle_dir) / PROJECTION_FILE)))
-        return cls(config, model, tokenizer, projection.to(torch_device, torch_dtype), device=torch_device,
-                   token_budget=token_budget)
-
-    @property
-    def encoder_id(self) -> str:
-        return self.config.encoder_id
-
-    def tokenize(self, items: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
-        """Token ids (cut to max_length) and each item's full token count before the cut."""
-        texts = [self.config.format_item(title, text) for title, text in items]
-        full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        limit = self.config.max_length
-        ids = list(full)
-        long_ones = [i for i, tokens in enumerate(full) if len(tokens) > limit]
-        if long_ones:
-            cut = self.tokenizer([texts[i] for i in long_ones], add_special_tokens=True, truncation=True,
-                                 max_length=limit)["input_ids"]
-            for index, tokens in zip(long_ones, cut, strict=True):
-                ids[index] = tokens
-        return ids, [len(tokens) for tokens in full]
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, *, pooling: str = "last", n_tokens: int = 1,
+                       max_length: int = 512, item_template: str = DEFAULT_ITEM_TEMPLATE, device=None, dtype=None,
+                       token_budget: int = DEFAULT_TOKEN_BUDGET) -> ItemEncoder:
+        """Any local transformers model folder, without projection (vectors at the model's own width)."""
+        encoding = EncodingConfig(pooling, n_tokens, max_length, item_template)
+        model = load_model(model_dir, causal_lm=False, device=device, dtype=dtype)
+        width = model.config.hidden_size
+        encoder_id = encoder_fingerprint(Path(model_dir), encoding, ProjectionConfig("identity", width, width), None)
+        return cls(model, load_tokenizer(model_dir), encoding, encoder_id, token_budget=token_budget)
 
     @torch.inference_mode()
     def encode(self, items: Sequence[tuple[str, str]]) -> list[EncodedItem]:
-        """Encode ``(title, text)`` pairs in token-budget batches; output order follows input order."""
-        ids, full_lengths = self.tokenize(items)
-        results: list[EncodedItem | None] = [None] * len(items)
-        for batch in token_budget_batches([len(t) for t in ids], self.token_budget):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        """Encode ``(title, text)`` pairs in token-budget batches; results follow the input order."""
+        tokenized = self.tokenizer([self.encoding.format_item(title, text) for title, text in items])
+        results: list[EncodedItem | None] = [None] * len(tokenized)
+        for batch in token_budget_batches([len(t.ids) for t in tokenized], self.token_budget):
+            width = max(len(tokenized[i].ids) for i in batch)
+            input_ids = torch.full((len(batch), width), self.tokenizer.pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, index in enumerate(batch):
-                input_ids[row, : len(ids[index])] = torch.tensor(ids[index])
-                mask[row, : len(ids[index])] = 1
+                ids = tokenized[index].ids
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
             input_ids, mask = input_ids.to(self.device), mask.to(self.device)
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            tokens = self.projection(pool(hidden, mask, self.config.pooling, self.config.n_tokens))
-            retrieval = F.normalize(pool(hidden, mask, "mean", 1)[:, 0].float(), dim=-1)
-            tokens = tokens.float().cpu().numpy()
-            retrieval = retrieval.cpu().numpy()
+            pooled = pool(hidden, mask, self.encoding.pooling, self.encoding.n_tokens)
+            vectors = self.projection(pooled.to(self.dtype)).float().cpu().numpy()
+            retrieval = F.normalize(pool(hidden, mask, "mean")[:, 0], dim=-1).cpu().numpy()
             for row, index in enumerate(batch):
-                results[index] = EncodedItem(tokens[row], retrieval[row], full_lengths[index],
-                                             full_lengths[index] > self.config.max_length)
+                item = tokenized[index]
+                results[index] = EncodedItem(vectors[row], retrieval[row], item.source_tokens, item.truncated)
         return results  # type: ignore[return-value]
 
     def encode_events(self, events: Sequence[ItemEvent], *, job_id: str = "",
                       encoded_at: float | None = None) -> list[EmbeddingRecord]:
-        """Upsert events -> records of this encoder (content hash and version from the event)."""
+        """Upsert events -> this encoder's records (one ``encoded_at`` for the whole call)."""
         encoded = self.encode([(event.title, event.text) for event in events])
         at = time.time() if encoded_at is None else encoded_at
-        return [
-            EmbeddingRecord(item_id=event.item_id, item_version=event.version, encoder_id=self.encoder_id,
-                            content_hash=event.content_hash(), vectors=item.vectors,
-                            retrieval_vector=item.retrieval_vector, source_tokens=item.source_tokens,
-                            truncated=item.truncated, job_id=job_id, encoded_at=at)
-            for event, item in zip(events, encoded, strict=True)
-        ]
+        return [to_record(event, item, self.encoder_id, job_id=job_id, encoded_at=at)
+                for event, item in zip(events, encoded, strict=True)]
+
+
+def to_record(event: ItemEvent, item: EncodedItem, encoder_id: str, *, job_id: str = "",
+              encoded_at: float | None = None) -> EmbeddingRecord:
+    """An upsert event and its encoding -> the store's record (version and content hash from the event)."""
+    if event.is_delete:
+        raise ValueError(f"item {event.item_id!r}: a delete event has nothing to encode; store a tombstone")
+    return EmbeddingRecord(item_id=event.item_id, item_version=event.version, encoder_id=encoder_id,
+                           content_hash=event.content_hash(), vectors=item.vectors,
+                           retrieval_vector=item.retrieval_vector, source_tokens=item.source_tokens,
+                           truncated=item.truncated, job_id=job_id,
+                           encoded_at=time.time() if encoded_at is None else encoded_at)

@@ -1,43 +1,42 @@
-"""Pooling of encoder hidden states into T_S embedding tokens.
+"""Pooling of encoder hidden states ``[B, L, H]`` into T_S embedding tokens ``[B, T_S, H]``.
 
-Works with left or right padding: positions come from the attention mask, never from
-assuming where the padding is.
+Positions come from the attention mask, never from assuming where the padding is, so left
+and right padding give the same result.
+
+- ``last``: the last real token (T_S = 1), what a decoder has read the whole item at.
+- ``last_k``: the last k real tokens, in order. An item shorter than k repeats its first
+  token in front (``a b`` with k = 4 gives ``a a a b``), so every item has exactly k.
+- ``mean``: the masked mean over real tokens (T_S = 1), in float32 whatever the input dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
-POOLINGS = ("last", "last_k", "mean")
+from mixlm.encoders.config import POOLINGS
 
 
 def last_positions(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices ``[B, k]`` of each row's last k real tokens, in order; short rows repeat their first token."""
+    """``[B, k]`` indices of each row's last k real tokens, in order (short rows repeat their first)."""
     mask = attention_mask.bool()
-    lengths = mask.sum(dim=1)  # [B]
-    # rank[b, j] = how many real tokens are at or before position j
-    rank = mask.long().cumsum(dim=1)
-    wanted = lengths.unsqueeze(1) - k + 1 + torch.arange(k, device=mask.device).unsqueeze(0)  # ranks we want
-    wanted = wanted.clamp(min=1)
-    # position of the token with rank r: the first j where rank[j] == r and mask[j]
-    hits = (rank.unsqueeze(1) == wanted.unsqueeze(2)) & mask.unsqueeze(1)  # [B, k, L]
-    return hits.float().argmax(dim=2)
+    length = mask.shape[1]
+    positions = torch.arange(length, device=mask.device)
+    # a stable order that puts each row's real positions first, ascending
+    real_first = torch.argsort((~mask).long() * length + positions, dim=1)
+    ranks = (mask.sum(dim=1, keepdim=True) - k + torch.arange(k, device=mask.device)).clamp(min=0)
+    return real_first.gather(1, ranks)
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, strategy: str, n_tokens: int) -> torch.Tensor:
-    """``[B, L, H]`` hidden states -> ``[B, n_tokens, H]`` embedding tokens."""
-    if strategy == "mean":
-        if n_tokens != 1:
-            raise ValueError("mean pooling gives one embedding token (n_tokens=1)")
-        weights = attention_mask.to(hidden.dtype).unsqueeze(2)
-        return ((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)).unsqueeze(1)
-    if strategy == "last":
-        if n_tokens != 1:
-            raise ValueError("last pooling gives one embedding token; use last_k for more")
-        k = 1
-    elif strategy == "last_k":
-        k = n_tokens
-    else:
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, strategy: str, n_tokens: int = 1) -> torch.Tensor:
+    """``[B, L, H]`` hidden states -> ``[B, n_tokens, H]``; every row needs at least one real token."""
+    if strategy not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {strategy!r}")
-    index = last_positions(attention_mask, k)
-    return torch.gather(hidden, 1, index.unsqueeze(2).expand(-1, -1, hidden.shape[2]))
+    if strategy != "last_k" and n_tokens != 1:
+        raise ValueError(f"{strategy} pooling gives one embedding token; use last_k for {n_tokens}")
+    if not bool(attention_mask.bool().any(dim=1).all()):
+        raise ValueError("cannot pool a row without tokens (its attention mask is all zeros)")
+    if strategy == "mean":
+        weights = attention_mask.float().unsqueeze(2)  # summed in float32: bfloat16 sums lose digits
+        return ((hidden.float() * weights).sum(dim=1) / weights.sum(dim=1)).unsqueeze(1)
+    index = last_positions(attention_mask, n_tokens)
+    return hidden.gather(1, index.unsqueeze(2).expand(-1, -1, hidden.shape[2]))

@@ -1,37 +1,57 @@
-"""Projection of encoder outputs to the ranker's hidden width."""
+"""Projection of pooled encoder states to the ranker's hidden width, stored as safetensors."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
-PROJECTIONS = ("identity", "linear", "mlp")
+from mixlm.encoders.config import ProjectionConfig
 
 
-def build_projection(kind: str, in_dim: int, out_dim: int) -> nn.Module:
-    if kind == "identity":
-        if in_dim != out_dim:
-            raise ValueError(f"identity projection needs equal widths, got {in_dim} -> {out_dim}")
+def build_projection(config: ProjectionConfig) -> nn.Module:
+    """An uninitialised module of the configured kind (identity has no parameters)."""
+    if config.kind == "identity":
         return nn.Identity()
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-    raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {kind!r}")
+    if config.kind == "linear":
+        return nn.Linear(config.in_dim, config.out_dim)
+    return nn.Sequential(nn.Linear(config.in_dim, config.out_dim), nn.GELU(), nn.Linear(config.out_dim, config.out_dim))
 
 
-def default_projection(in_dim: int, out_dim: int) -> str:
-    return "identity" if in_dim == out_dim else "linear"
+def init_projection(config: ProjectionConfig, seed: int) -> nn.Module:
+    """A fresh, seeded projection; weights ~ N(0, 1/fan_in), biases 0.
 
-
-def init_projection(kind: str, in_dim: int, out_dim: int, seed: int) -> nn.Module:
-    """A fresh projection, seeded; scaled so projected vectors have the norm of the inputs' rms."""
+    That init keeps each output coordinate at about the rms of the input coordinates, so
+    untrained embedding tokens reach the ranker at the scale of the encoder's states.
+    """
     generator = torch.Generator().manual_seed(seed)
-    module = build_projection(kind, in_dim, out_dim)
-    for parameter in module.parameters():
-        if parameter.dim() == 2:
-            with torch.no_grad():
+    module = build_projection(config)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() == 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[1] ** 0.5)
-        else:
-            nn.init.zeros_(parameter)
+            else:
+                parameter.zero_()
     return module
+
+
+def save_projection(module: nn.Module, path: str | Path) -> None:
+    """Weights as safetensors (an identity writes an empty file, so every bundle has one)."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().to("cpu", torch.float32).contiguous()
+             for name, tensor in module.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_projection(config: ProjectionConfig, path: str | Path) -> nn.Module:
+    from safetensors.torch import load_file
+
+    module = build_projection(config)
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except RuntimeError as exc:  # missing or mis-shaped tensors
+        raise ValueError(f"{path} does not hold a {config.kind} projection {config.in_dim} -> {config.out_dim}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return module.eval()

@@ -3,7 +3,9 @@
 import click
 
 from mixlm.bench.cli import bench
+from mixlm.encoders.cli import bundle, models
 from mixlm.pipelines.cli import backfill, stream
+from mixlm.pipelines.kafka_cli import kafka, produce
 from mixlm.version import __version__
 
 
@@ -13,5 +15,5 @@ def main() -> None:
     """mixlm: LLM ranking with cached item embedding tokens (MixLM)."""
 
 
-for command in (backfill, stream, bench):
+for command in (bundle, models, backfill, stream, kafka, produce, bench):
     main.add_command(command)

@@ -28,7 +28,7 @@ def _exit_code(exc: Exception) -> int | None:
         return EXIT_NO_STORE
     if isinstance(exc, (JobNotFoundError, EncoderNotFoundError, FileNotFoundError)):
         return EXIT_NOT_FOUND
-    if isinstance(exc, (StoreError, ValidationError)):
+    if isinstance(exc, (StoreError, ValidationError, ValueError, KeyError)):
         return EXIT_ERROR
     return None
 

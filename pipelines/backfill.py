@@ -15,7 +15,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from mixlm.pipelines.bundle_info import bundle_encoder_id
+from mixlm.encoders.config import BundleConfig
 from mixlm.pipelines.composite import EncodeToStore
 from mixlm.pipelines.runner import pipeline_options, run_job
 from mixlm.pipelines.sources import ReadCatalog
@@ -30,7 +30,7 @@ def run_backfill(input_path: str, bundle_dir: str, store_path: str, *, fmt: str 
                  log: Callable[[str], None] = print) -> JobManifest:
     if not Path(input_path).exists():
         raise FileNotFoundError(f"input {input_path} does not exist")
-    encoder_id = bundle_encoder_id(bundle_dir)
+    encoder_id = BundleConfig.load(bundle_dir).encoder_id
     store = EmbeddingStore.open(store_path, create=True)
     outputs = {"snapshot": str(Path(snapshot_only).resolve())} if snapshot_only else {
         "lmdb": str((store.root / "lmdb").resolve())}

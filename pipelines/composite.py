@@ -7,8 +7,6 @@ from apache_beam.ml.inference.base import RunInference
 
 from mixlm.pipelines.encode import ItemEncoderHandler
 from mixlm.pipelines.transforms import (
-    DEAD_LETTERS,
-    TO_ENCODE,
     ClassifyAgainstStore,
     ClassifyWithoutStore,
     ParseEvents,
@@ -18,7 +16,7 @@ from mixlm.pipelines.transforms import (
 
 
 class EncodeToStore(beam.PTransform):
-    """parse + validate -> classify against the store -> encode what changed -> one sink."""
+    """parse + validate -> classify against the store -> encode what changed -> one sink (a linear chain)."""
 
     def __init__(self, *, store_path: str, bundle_dir: str, encoder_id: str, job_id: str,
                  max_text_bytes: int, device: str | None = None, sink_options: dict | None = None,
@@ -35,19 +33,16 @@ class EncodeToStore(beam.PTransform):
         self.sink_options = sink_options or {}
 
     def expand(self, raw_events):
-        parsed = raw_events | "Parse" >> beam.ParDo(ParseEvents(self.max_text_bytes)).with_outputs(
-            DEAD_LETTERS, main="events")
         if self.snapshot_only_root:
             classify = ClassifyWithoutStore(self.encoder_id, self.job_id)
             sink = WriteSnapshotOnly(self.snapshot_only_root, self.job_id, self.encoder_id, **self.sink_options)
         else:
             classify = ClassifyAgainstStore(self.store_path, self.encoder_id, self.job_id)
             sink = WriteOutcomes(self.store_path, self.job_id, self.encoder_id, **self.sink_options)
-        classified = parsed.events | "Classify" >> beam.ParDo(classify).with_outputs(TO_ENCODE, main="done")
-        encoded = classified[TO_ENCODE] | "Encode" >> RunInference(
-            ItemEncoderHandler(self.bundle_dir, job_id=self.job_id, device=self.device))
         return (
-            (parsed[DEAD_LETTERS], classified.done, encoded)
-            | "Outcomes" >> beam.Flatten()
+            raw_events
+            | "Parse" >> beam.ParDo(ParseEvents(self.max_text_bytes))
+            | "Classify" >> beam.ParDo(classify)
+            | "Encode" >> RunInference(ItemEncoderHandler(self.bundle_dir, job_id=self.job_id, device=self.device))
             | "Write" >> beam.ParDo(sink)
         )

@@ -30,7 +30,7 @@ def load_encoder(bundle_dir: str, device: str | None):
         return _LOADED[key]
 
 
-class ItemEncoderHandler(ModelHandler[ParsedEvent, Outcome, object]):
+class ItemEncoderHandler(ModelHandler[ParsedEvent | Outcome, Outcome, object]):
     def __init__(self, bundle_dir: str, *, job_id: str, device: str | None = None, max_batch_items: int = 256):
         super().__init__()
         self.bundle_dir = bundle_dir
@@ -41,12 +41,16 @@ class ItemEncoderHandler(ModelHandler[ParsedEvent, Outcome, object]):
     def load_model(self):
         return load_encoder(self.bundle_dir, self.device)
 
-    def run_inference(self, batch: Sequence[ParsedEvent], model, inference_args=None) -> Iterable[Outcome]:
-        events = [parsed.event for parsed in batch]
-        encoded_at = time.time()
-        records = model.encode_events(events, job_id=self.job_id, encoded_at=encoded_at)
-        for parsed, record in zip(batch, records, strict=True):
-            yield Outcome(RECORD, parsed.source, parsed.position, record=record, encoded=True)
+    def run_inference(self, batch: Sequence[ParsedEvent | Outcome], model, inference_args=None) -> Iterable[Outcome]:
+        """Encode the batch's undecided events in one call; decided outcomes pass through in order."""
+        pending = [element for element in batch if isinstance(element, ParsedEvent)]
+        records = iter(model.encode_events([p.event for p in pending], job_id=self.job_id, encoded_at=time.time())
+                       if pending else [])
+        for element in batch:
+            if isinstance(element, Outcome):
+                yield element
+            else:
+                yield Outcome(RECORD, element.source, element.position, record=next(records), encoded=True)
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self.max_batch_items}

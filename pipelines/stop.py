@@ -39,12 +39,13 @@ class StopSignal:
         return self._event.is_set()
 
     def claim_record(self) -> bool:
-        """Count one record read; False once the record bound has been reached."""
+        """Count one record read; False past the record bound (reaching it stops the job)."""
         with self._lock:
             if self.max_records is not None and self.records >= self.max_records:
-                self.set("max-records reached")
                 return False
             self.records += 1
+            if self.max_records is not None and self.records >= self.max_records:
+                self.set("max-records reached")
             return True
 
     def install_signal_handlers(self) -> None:

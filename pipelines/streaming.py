@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import apache_beam as beam
 from kafka import KafkaConsumer, TopicPartition
 
-from mixlm.pipelines.bundle_info import bundle_encoder_id
+from mixlm.encoders.config import BundleConfig
 from mixlm.pipelines.composite import EncodeToStore
 from mixlm.pipelines.kafka_source import PartitionStart, ReadKafkaPartitions
 from mixlm.pipelines.runner import pipeline_options, run_job
@@ -43,7 +43,7 @@ def run_stream(bootstrap_servers: str, topic: str, group_id: str, bundle_dir: st
                dead_letter_topic: str | None = None, beam_args: Sequence[str] = (),
                snapshot_dtype: str = "float32", max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
                device: str | None = None, log: Callable[[str], None] = print) -> JobManifest:
-    encoder_id = bundle_encoder_id(bundle_dir)
+    encoder_id = BundleConfig.load(bundle_dir).encoder_id
     starts = partition_starts(bootstrap_servers, topic, group_id)
     store = EmbeddingStore.open(store_path, create=True)
     job = store.jobs.create("stream", encoder_id, params={

@@ -1,4 +1,10 @@
-"""The transforms both jobs share: parse + validate, classify against the store, sink."""
+"""The transforms both jobs share: parse + validate, classify against the store, sink.
+
+They form one linear chain. An element is either a ``ParsedEvent`` still to be decided or an
+``Outcome`` already decided, which later steps pass through: tagged outputs joined again by
+a Flatten would split the fused stage on Beam's local runner, and then the sink of an
+unbounded stream would run only when the stream ends.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +30,7 @@ from mixlm.schemas.timefmt import format_rfc3339, utc_now
 from mixlm.store import EmbeddingStore, SnapshotWriter
 from mixlm.store.dead_letters import DeadLetter
 
-DEAD_LETTERS = "dead_letters"
 METRICS_NAMESPACE = "mixlm"
-TO_ENCODE = "to_encode"
 
 
 def dead_outcome(raw: RawEvent, reason: str) -> Outcome:
@@ -35,7 +39,7 @@ def dead_outcome(raw: RawEvent, reason: str) -> Outcome:
 
 
 class ParseEvents(beam.DoFn):
-    """RawEvent -> ParsedEvent; invalid input -> a dead-letter Outcome on ``DEAD_LETTERS``."""
+    """RawEvent -> ParsedEvent; invalid input -> a dead-letter Outcome."""
 
     def __init__(self, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES):
         self.max_text_bytes = max_text_bytes
@@ -50,7 +54,7 @@ class ParseEvents(beam.DoFn):
             if raw.key is not None and raw.key != event.item_id.encode("utf-8"):
                 raise ValidationError("key", f"Kafka key {raw.key[:60]!r} does not match item_id {event.item_id!r}")
         except ValidationError as exc:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_outcome(raw, str(exc)))
+            yield dead_outcome(raw, str(exc))
             return
         yield ParsedEvent(event, raw.source, raw.position, auto_version)
 
@@ -84,7 +88,10 @@ class ClassifyAgainstStore(beam.DoFn):
     def setup(self):
         self.store = EmbeddingStore.open(self.store_path)
 
-    def process(self, parsed: ParsedEvent):
+    def process(self, parsed: ParsedEvent | Outcome):
+        if isinstance(parsed, Outcome):
+            yield parsed
+            return
         event = parsed.event
         header = self.store.get_headers(self.encoder_id, [event.item_id]).get(event.item_id)
         outcome = Outcome(RECORD, parsed.source, parsed.position)
@@ -110,7 +117,7 @@ class ClassifyAgainstStore(beam.DoFn):
             yield replace(outcome, record=replace(stored, item_version=event.version, job_id=self.job_id,
                                                   encoded_at=time.time()))
         else:
-            yield beam.pvalue.TaggedOutput(TO_ENCODE, parsed)
+            yield parsed  # to the encoder
 
 
 def outcome_counts(outcomes: list[Outcome]) -> dict[str, int]:
@@ -215,13 +222,13 @@ class ClassifyWithoutStore(beam.DoFn):
         self.encoder_id = encoder_id
         self.job_id = job_id
 
-    def process(self, parsed: ParsedEvent):
+    def process(self, parsed: ParsedEvent | Outcome):
+        if isinstance(parsed, Outcome) or not parsed.event.is_delete:
+            yield parsed  # decided already, or to the encoder
+            return
         event = parsed.event
-        if event.is_delete:
-            yield Outcome(RECORD, parsed.source, parsed.position, record=EmbeddingRecord.tombstone(
-                event.item_id, event.version, self.encoder_id, job_id=self.job_id, encoded_at=time.time()))
-        else:
-            yield beam.pvalue.TaggedOutput(TO_ENCODE, parsed)
+        yield Outcome(RECORD, parsed.source, parsed.position, record=EmbeddingRecord.tombstone(
+            event.item_id, event.version, self.encoder_id, job_id=self.job_id, encoded_at=time.time()))
 
 
 class WriteSnapshotOnly(beam.DoFn):

@@ -54,6 +54,8 @@ class EmbeddingRecord:
         if not 0 <= int(self.item_version) <= MAX_VERSION:
             raise ValidationError("item_version", f"must be >= 0, got {self.item_version}")
         self.item_version = int(self.item_version)
+        if not 0 <= self.source_tokens < 2**32:
+            raise ValidationError("source_tokens", f"must be in [0, 2**32), got {self.source_tokens}")
         if self.content_hash and not _HEX64.match(self.content_hash):
             raise ValidationError("content_hash", "must be a lower-case sha256 hex digest")
         if self.deleted:

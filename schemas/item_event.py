@@ -70,7 +70,16 @@ def _require_str(data: Mapping[str, Any], name: str, default: str | None = None)
     value = data[name]
     if not isinstance(value, str):
         raise ValidationError(name, f"must be a string, got {type(value).__name__} {_show(value)}")
+    _require_utf8(name, value)
     return value
+
+
+def _require_utf8(name: str, value: str) -> None:
+    """JSON escapes can smuggle in lone surrogates, which UTF-8 (keys, hashes) cannot encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(name, f"holds an unpaired surrogate {value[exc.start]!r} at index {exc.start}") from None
 
 
 def _validate_item_id(data: Mapping[str, Any]) -> str:
@@ -101,10 +110,14 @@ def _validate_fields(data: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(fields, dict):
         raise ValidationError("fields", f"must be an object of strings, got {type(fields).__name__}")
     for key, value in fields.items():
+        if not isinstance(key, str):
+            raise ValidationError("fields", f"keys must be strings, got {type(key).__name__} {_show(key)}")
+        _require_utf8("fields", key)
         if not isinstance(value, str):
             raise ValidationError(
                 f"fields.{key}", f"must be a string, got {type(value).__name__} {_show(value)}"
             )
+        _require_utf8(f"fields.{key}", value)
     return dict(fields)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from mixlm.schemas.errors import ValidationError
@@ -45,6 +45,8 @@ def new_job_id(kind: str, now: datetime | None = None) -> str:
     if kind not in JOB_KINDS:
         raise ValidationError("kind", f"must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
     moment = now or utc_now()
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)  # the id says Z: it must be UTC wall time
     return f"{_ID_PREFIX[kind]}-{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
 
 

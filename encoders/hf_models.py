@@ -1,0 +1,78 @@
+"""Loading and saving Hugging Face model folders: local files only, weights only as safetensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+# Bidirectional encoders; every other architecture is treated as a decoder (causal LM).
+ENCODER_ONLY_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta",
+                                "deberta-v2", "modernbert", "camembert", "albert"})
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when present, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The given dtype, else bfloat16 on CUDA and float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return DTYPES[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def read_config(model_dir: str | Path):
+    from transformers import AutoConfig
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
+    return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def model_kind(config) -> str:
+    return "encoder-only" if config.model_type in ENCODER_ONLY_TYPES else "decoder"
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def load_model(model_dir: str | Path, *, causal_lm: bool, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None):
+    """The base model (hidden states) or, with ``causal_lm``, the model with its LM head; in eval mode.
+
+    Device and dtype as ``pick_device``/``pick_dtype`` choose them; dtype "auto" keeps the stored one.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if not any(Path(model_dir).glob("*.safetensors")):
+        raise FileNotFoundError(f"{model_dir} holds no safetensors weights (pickled weights are never loaded)")
+    torch_device = pick_device(device)
+    torch_dtype = "auto" if dtype == "auto" else pick_dtype(torch_device, dtype)
+    auto = AutoModelForCausalLM if causal_lm else AutoModel
+    model = auto.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True, use_safetensors=True)
+    return model.to(torch_device).eval()
+
+
+def copy_model(source: str | Path, target: Path, *, causal_lm: bool, log: Callable[[str], None]) -> None:
+    """Load a model folder and save it again (safetensors, stored dtype kept) with its tokenizer.
+
+    Saving through transformers keeps only what loading needs: no pickles, READMEs or ONNX
+    exports, and an encoder drops its LM head.
+    """
+    log(f"copying {source} -> {target}")
+    model = load_model(source, causal_lm=causal_lm, device="cpu", dtype="auto")
+    model.save_pretrained(str(target), safe_serialization=True)
+    load_tokenizer(source).save_pretrained(str(target))
