@@ -182,7 +182,7 @@ class WriteOutcomes(beam.DoFn):
         due = self.snapshot_seconds is None or time.monotonic() - self.last_snapshot >= self.snapshot_seconds
         if stopping or due:
             if self.writer.flush() is not None:
-                self.store.jobs.update(self.job_id, outputs={"snapshot": str(self.writer.directory)})
+                self.store.jobs.update(self.job_id, outputs={"snapshot": str(self.writer.directory.resolve())})
             self.last_snapshot = time.monotonic()
 
     def teardown(self):
