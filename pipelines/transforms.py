@@ -139,14 +139,12 @@ class WriteOutcomes(beam.DoFn):
     file every ``snapshot_rows`` records, every ``snapshot_seconds``, and when it stops.
     """
 
-    def __init__(self, store_path: str, job_id: str, encoder_id: str, *, snapshot: bool = True,
-                 snapshot_dtype: str = "float32", snapshot_rows: int = 50_000, snapshot_seconds: float | None = None,
-                 flush_size: int = 512, stop_aware: bool = False, dead_letter_topic: str | None = None,
-                 bootstrap_servers: str | None = None):
+    def __init__(self, store_path: str, job_id: str, encoder_id: str, *, snapshot_dtype: str = "float32",
+                 snapshot_rows: int = 50_000, snapshot_seconds: float | None = None, flush_size: int = 512,
+                 stop_aware: bool = False, dead_letter_topic: str | None = None, bootstrap_servers: str | None = None):
         self.store_path = store_path
         self.job_id = job_id
         self.encoder_id = encoder_id
-        self.snapshot = snapshot
         self.snapshot_dtype = snapshot_dtype
         self.snapshot_rows = snapshot_rows
         self.snapshot_seconds = snapshot_seconds
@@ -157,10 +155,8 @@ class WriteOutcomes(beam.DoFn):
 
     def setup(self):
         self.store = EmbeddingStore.open(self.store_path)
-        self.writer = None
-        if self.snapshot:
-            self.writer = SnapshotWriter(Path(self.store_path) / "snapshots", self.encoder_id, self.job_id,
-                                         dtype=self.snapshot_dtype, rows_per_file=self.snapshot_rows)
+        self.writer = SnapshotWriter(Path(self.store_path) / "snapshots", self.encoder_id, self.job_id,
+                                     dtype=self.snapshot_dtype, rows_per_file=self.snapshot_rows)
         self.last_snapshot = time.monotonic()
         self.buffer: list[Outcome] = []
         self.producer = None
@@ -176,8 +172,6 @@ class WriteOutcomes(beam.DoFn):
 
     def finish_bundle(self):
         self._flush()
-        if self.writer is None:
-            return
         stopping = self.stop_aware and STOP.is_set()
         due = self.snapshot_seconds is None or time.monotonic() - self.last_snapshot >= self.snapshot_seconds
         if stopping or due:
@@ -205,8 +199,7 @@ class WriteOutcomes(beam.DoFn):
         counts = outcome_counts(outcomes)
         dead_letters = [o.dead_letter for o in outcomes if o.kind == DEAD]
         self.store.put_many(records, job_id=self.job_id, counts=counts, offsets=offsets, dead_letters=dead_letters)
-        if self.writer is not None:
-            self.writer.write(records)
+        self.writer.write(records)
         if self.producer is not None and dead_letters:
             # After the commit: the store holds every dead letter, the topic gets them at least once.
             for letter in dead_letters:

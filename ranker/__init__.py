@@ -1,1 +1,1 @@
-"""The mixed-input ranker and its client (built in the ranker issue)."""
+"""The mixed-input ranker (query text + injected item embedding tokens) and, next, its client."""

@@ -1,0 +1,122 @@
+"""``MixedInputRanker``: ``p(yes)`` for a query and items given as embedding tokens or as text.
+
+The prompt is ``[system + instruction(query)][item tokens][end]``; the query comes first, so
+its KV cache can be computed once per request and shared by every candidate ("amortized
+prefill"). The score reads only the last position's hidden state and takes its dot product
+with ``W_yes - W_no``: ``sigmoid`` of it is the softmax over {yes, no} of the full logits,
+without a vocabulary-sized matmul.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixlm.encoders.bundle import Bundle, load_bundle
+from mixlm.encoders.config import PromptTemplate
+
+BACKENDS = ("naive", "amortized")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """``log_odds`` = logit(yes) - logit(no); ``p_yes`` = sigmoid(log_odds)."""
+
+    log_odds: np.ndarray
+    p_yes: np.ndarray
+
+
+class MixedInputRanker:
+    def __init__(self, model: nn.Module, tokenizer, prompt: PromptTemplate, encoder_id: str = ""):
+        """``model``: a transformers causal LM (``AutoModelForCausalLM``) on its device and dtype."""
+        if prompt.yes_token_id is None or prompt.no_token_id is None:
+            raise ValueError("the prompt has no yes/no token ids; seal the bundle first")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.encoder_id = encoder_id
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.embed = model.get_input_embeddings()
+        head = model.get_output_embeddings()
+        direction = head.weight[prompt.yes_token_id] - head.weight[prompt.no_token_id]
+        bias = 0.0
+        if getattr(head, "bias", None) is not None:
+            bias = (head.bias[prompt.yes_token_id] - head.bias[prompt.no_token_id]).item()
+        self.direction = direction.detach().float()
+        self.bias = bias
+        self.end_ids = torch.tensor(tokenizer.encode(prompt.end, add_special_tokens=False), device=self.device)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle | str | Path, *, device=None, dtype=None) -> MixedInputRanker:
+        bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        return cls(bundle.load_ranker(device, dtype), bundle.ranker_tokenizer, bundle.config.prompt,
+                   bundle.encoder_id)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embed.weight.shape[1]
+
+    def prefix_ids(self, query: str) -> torch.Tensor:
+        text = self.prompt.system + self.prompt.instruction.format(query=query)
+        return torch.tensor(self.tokenizer.encode(text, add_special_tokens=True), device=self.device)
+
+    def item_text_embeddings(self, text: str) -> torch.Tensor:
+        """The ranker's own token embeddings of ``text``: the text baselines' "item tokens"."""
+        ids = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), device=self.device)
+        return self.embed(ids)
+
+    def _head(self, last_hidden: torch.Tensor) -> Scores:
+        log_odds = last_hidden.float() @ self.direction + self.bias
+        log_odds = log_odds.cpu().numpy()
+        return Scores(log_odds, 1.0 / (1.0 + np.exp(-log_odds)))
+
+    def _last_hidden(self, **kwargs) -> torch.Tensor:
+        outputs = self.model.model(**kwargs)  # the base model: no vocabulary projection
+        return outputs.last_hidden_state[:, -1], outputs.past_key_values
+
+    @torch.inference_mode()
+    def score(self, query: str, items: Sequence[torch.Tensor | np.ndarray], *, backend: str = "amortized") -> Scores:
+        """Score ``items`` (each ``[T_i, hidden]`` embedding tokens) against ``query``."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if not items:
+            return Scores(np.zeros(0, np.float32), np.zeros(0, np.float32))
+        tokens = [torch.as_tensor(item, device=self.device).to(self.dtype) for item in items]
+        prefix = self.embed(self.prefix_ids(query))
+        end = self.embed(self.end_ids)
+        if backend == "naive":
+            return self._head(torch.stack([self._score_one(torch.cat([prefix, t, end])) for t in tokens]))
+        return self._head(self._score_amortized(prefix, tokens, end))
+
+    def _score_one(self, sequence: torch.Tensor) -> torch.Tensor:
+        last, _ = self._last_hidden(inputs_embeds=sequence.unsqueeze(0), use_cache=False)
+        return last[0]
+
+    def _score_amortized(self, prefix: torch.Tensor, tokens: list[torch.Tensor], end: torch.Tensor) -> torch.Tensor:
+        """Prefill the query once; run every candidate's ``T_S + end`` positions against a copy of its cache.
+
+        Candidates with the same number of item tokens share one forward pass.
+        """
+        _, cache = self._last_hidden(inputs_embeds=prefix.unsqueeze(0), use_cache=True)
+        prefix_len = prefix.shape[0]
+        out = torch.empty(len(tokens), self.hidden_size, device=self.device)
+        by_length: dict[int, list[int]] = {}
+        for index, item in enumerate(tokens):
+            by_length.setdefault(item.shape[0], []).append(index)
+        for length, indices in by_length.items():
+            tail = torch.stack([torch.cat([tokens[i], end]) for i in indices])  # [n, T + E, H]
+            batch_cache = copy.deepcopy(cache)
+            batch_cache.batch_repeat_interleave(len(indices))
+            positions = torch.arange(prefix_len, prefix_len + tail.shape[1], device=self.device)
+            mask = torch.ones(len(indices), prefix_len + tail.shape[1], dtype=torch.long, device=self.device)
+            last, _ = self._last_hidden(inputs_embeds=tail, past_key_values=batch_cache, use_cache=True,
+                                        attention_mask=mask, position_ids=positions.expand(len(indices), -1))
+            out[indices] = last.float()
+        return out

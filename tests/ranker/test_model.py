@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from mixlm.ranker.model import MixedInputRanker
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_bundle):
+    return MixedInputRanker.from_bundle(tiny_bundle)
+
+
+def items(ranker, n, t, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(t, ranker.hidden_size, generator=generator) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n_tokens", [1, 4])
+@pytest.mark.parametrize("n_items", [1, 7, 64])
+@pytest.mark.parametrize("query", ["python", "senior data engineer for streaming pipelines with kafka and beam"])
+def test_amortized_equals_naive(ranker, n_tokens, n_items, query):
+    candidates = items(ranker, n_items, n_tokens, seed=n_items)
+    naive = ranker.score(query, candidates, backend="naive")
+    amortized = ranker.score(query, candidates, backend="amortized")
+    np.testing.assert_allclose(amortized.log_odds, naive.log_odds, atol=1e-4, rtol=1e-4)
+    assert np.all((amortized.p_yes > 0) & (amortized.p_yes < 1))
+
+
+def test_mixed_lengths_in_one_request(ranker):
+    candidates = items(ranker, 3, 1) + items(ranker, 2, 4, seed=5)
+    np.testing.assert_allclose(ranker.score("q", candidates).log_odds,
+                               ranker.score("q", candidates, backend="naive").log_odds, atol=1e-4)
+
+
+def test_mixed_input_equals_text_input(ranker):
+    """Injecting the ranker's own token embeddings of the item text is the text prompt, exactly."""
+    query, item = "data engineer", "Build streaming pipelines with Kafka."
+    injected = ranker.item_text_embeddings(item)
+    mixed = ranker.score(query, [injected], backend="amortized").log_odds[0]
+    text = ranker.prompt.system + ranker.prompt.instruction.format(query=query)
+    ids = ranker.tokenizer.encode(text, add_special_tokens=True) + ranker.tokenizer.encode(
+        item, add_special_tokens=False) + ranker.tokenizer.encode(ranker.prompt.end, add_special_tokens=False)
+    with torch.inference_mode():
+        logits = ranker.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    expected = (logits[ranker.prompt.yes_token_id] - logits[ranker.prompt.no_token_id]).item()
+    assert mixed == pytest.approx(expected, abs=1e-4)
+
+
+def test_head_equals_softmax_over_yes_no(ranker):
+    candidates = items(ranker, 5, 1, seed=3)
+    scores = ranker.score("nurse", candidates, backend="naive")
+    for item, p_yes in zip(candidates, scores.p_yes, strict=True):
+        sequence = torch.cat([ranker.embed(ranker.prefix_ids("nurse")), item, ranker.embed(ranker.end_ids)])
+        with torch.inference_mode():
+            logits = ranker.model(inputs_embeds=sequence.unsqueeze(0)).logits[0, -1]
+        pair = torch.softmax(logits[[ranker.prompt.yes_token_id, ranker.prompt.no_token_id]], dim=0)
+        assert p_yes == pytest.approx(pair[0].item(), abs=1e-5)
+
+
+def test_empty_and_bad_backend(ranker):
+    assert ranker.score("q", []).p_yes.shape == (0,)
+    with pytest.raises(ValueError, match="backend"):
+        ranker.score("q", items(ranker, 1, 1), backend="packed-ish")
