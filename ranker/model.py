@@ -110,7 +110,7 @@ class MixedInputRanker:
         by_length: dict[int, list[int]] = {}
         for index, item in enumerate(tokens):
             by_length.setdefault(item.shape[0], []).append(index)
-        for length, indices in by_length.items():
+        for indices in by_length.values():
             tail = torch.stack([torch.cat([tokens[i], end]) for i in indices])  # [n, T + E, H]
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(len(indices))
