@@ -1,0 +1,49 @@
+"""``mixlm rank``: score a query against candidate ids from the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mixlm.config import default_store_path
+from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
+from mixlm.output import columns_table, output_option, render
+
+
+def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
+    if bool(items) == bool(candidates):
+        fail("give exactly one of --items and --candidates", 2)
+    if items:
+        return [item.strip() for item in items.split(",") if item.strip()]
+    if not candidates.is_file():
+        fail(f"candidates file {candidates} does not exist", EXIT_NOT_FOUND)
+    return [line.strip() for line in candidates.read_text().splitlines() if line.strip()]
+
+
+@click.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", "store_path", type=click.Path(path_type=Path, file_okay=False), envvar="MIXLM_STORE",
+              default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
+@click.option("--query", required=True, help="the search query")
+@click.option("--items", default=None, help="candidate item ids, comma-separated")
+@click.option("--candidates", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="a file of candidate ids, one per line")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="keep the best K")
+@click.option("--backend", type=click.Choice(["amortized", "naive"]), default="amortized", show_default=True)
+@click.option("--max-candidates", type=click.IntRange(min=1), default=1_000, show_default=True)
+@output_option()
+@user_errors
+def rank(bundle_dir, store_path, query, items, candidates, top_k, backend, max_candidates, output):
+    """Rank candidate items for a query with the mixed-input ranker (p(yes), best first)."""
+    from mixlm.ranker.client import RankerClient
+
+    ids = _candidate_ids(items, candidates)
+    client = RankerClient.open(bundle_dir, store_path, backend=backend, max_candidates=max_candidates)
+    result = client.rank(query, ids, top_k)
+    rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.score, 6), "log_odds": round(item.log_odds, 4)}
+            for n, item in enumerate(result.items, start=1)]
+    table = columns_table(rows, ("rank", "item_id", "p_yes", "log_odds")) if rows else "no candidate was found"
+    if result.missing:
+        table += f"\nmissing from the store: {', '.join(result.missing)}"
+    click.echo(render({"query": query, "items": rows, "missing": result.missing}, output, table))

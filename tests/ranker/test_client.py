@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mixlm.cli import main
+from mixlm.encoders import ItemEncoder
+from mixlm.ranker.client import EncoderMismatchError, RankerClient
+from mixlm.ranker.model import MixedInputRanker
+from mixlm.ranker.text_baselines import FullTextRanker, TruncatedTextRanker
+from mixlm.schemas import EmbeddingRecord, ItemEvent
+from mixlm.store import EmbeddingStore
+from tests.factories import make_record
+
+ITEMS = {f"job-{n}": (f"Title {n}", f"Description of job {n}: python, kafka and {'beam ' * n}") for n in range(12)}
+
+
+@pytest.fixture(scope="module")
+def store_path(tiny_bundle, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ranker") / "store"
+    encoder = ItemEncoder.from_bundle(tiny_bundle)
+    events = [ItemEvent(item_id, "upsert", 1, title, text) for item_id, (title, text) in ITEMS.items()]
+    store = EmbeddingStore.open(path, create=True)
+    store.put_many(encoder.encode_events(events))
+    store.put_many([EmbeddingRecord.tombstone("job-11", 2, encoder.encoder_id)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle, store_path):
+    return RankerClient.open(tiny_bundle, store_path)
+
+
+def test_score_keeps_request_order_and_lists_missing(client):
+    result = client.score("python kafka", ["job-3", "ghost", "job-1", "job-11"])
+    assert [item.item_id for item in result.items] == ["job-3", "job-1"]
+    assert result.missing == ["ghost", "job-11"]  # never stored, and deleted
+    for item in result.items:
+        assert 0 < item.score < 1 and item.score == pytest.approx(1 / (1 + np.exp(-item.log_odds)), rel=1e-6)
+
+
+def test_scores_equal_the_ranker_on_the_stored_vectors(client):
+    ids = ["job-0", "job-5", "job-9"]
+    lookup = client.store.get_many(client.ranker.encoder_id, ids)
+    direct = client.ranker.score("python", list(lookup.vectors), backend="naive")
+    np.testing.assert_allclose([i.log_odds for i in client.score("python", ids).items], direct.log_odds, atol=1e-4)
+
+
+def test_rank_orders_best_first_and_cuts_top_k(client):
+    ids = list(ITEMS)[:11]
+    ranked = client.rank("beam", ids, top_k=4)
+    assert len(ranked.items) == 4
+    all_scores = sorted((i.log_odds for i in client.score("beam", ids).items), reverse=True)
+    np.testing.assert_allclose([i.log_odds for i in ranked.items], all_scores[:4])
+
+
+def test_duplicates_empty_and_cap(client, tiny_bundle, store_path):
+    assert [i.item_id for i in client.score("q", ["job-1", "job-1", "job-2"]).items] == ["job-1", "job-2"]
+    empty = client.score("q", [])
+    assert empty.items == [] and empty.missing == []
+    capped = RankerClient.open(tiny_bundle, store_path, max_candidates=3)
+    with pytest.raises(ValueError, match="cap of 3"):
+        capped.score("q", ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="empty"):
+        client.score("  ", ["job-1"])
+
+
+def test_encoder_mismatch_is_refused(tiny_bundle, tmp_path):
+    other = EmbeddingStore.open(tmp_path / "other", create=True)
+    other.put_many([make_record("x", 1, encoder_id="enc-somebody-else", dim=64)])
+    other.promote("enc-somebody-else")
+    ranker = MixedInputRanker.from_bundle(tiny_bundle)
+    with pytest.raises(EncoderMismatchError, match="enc-somebody-else") as caught:
+        RankerClient(ranker, other)
+    assert ranker.encoder_id in str(caught.value)
+    with pytest.raises(EncoderMismatchError, match=ranker.encoder_id):
+        RankerClient(ranker, other, encoder_id="enc-somebody-else")
+
+
+def test_text_baselines(client):
+    texts = [text for _, text in list(ITEMS.values())[:4]]
+    full = FullTextRanker(client.ranker).score("python", texts)
+    truncated = TruncatedTextRanker(client.ranker, max_item_tokens=5).score("python", texts)
+    naive = FullTextRanker(client.ranker).score("python", texts, backend="naive")
+    np.testing.assert_allclose(full.log_odds, naive.log_odds, atol=1e-4)
+    assert full.p_yes.shape == truncated.p_yes.shape == (4,)
+    assert not np.allclose(full.log_odds, truncated.log_odds)
+    ranked = FullTextRanker(client.ranker).rank("python", texts, top_k=2)
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+
+
+def test_rank_cli(tiny_bundle, store_path, tmp_path):
+    base = ["rank", "--bundle", str(tiny_bundle), "--store", str(store_path), "--query", "kafka"]
+    result = CliRunner().invoke(main, [*base, "--items", "job-1,job-2,ghost", "--top-k", "1", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["items"]) == 1 and data["missing"] == ["ghost"] and data["items"][0]["rank"] == 1
+    candidates = tmp_path / "ids.txt"
+    candidates.write_text("job-1\njob-4\n\n")
+    table = CliRunner().invoke(main, [*base, "--candidates", str(candidates)])
+    assert table.exit_code == 0 and "job-4" in table.stdout
+    both = CliRunner().invoke(main, [*base])
+    assert both.exit_code == 2 and "exactly one" in both.stderr
+    missing = CliRunner().invoke(main, [*base, "--candidates", str(tmp_path / "none.txt")])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    over = CliRunner().invoke(main, [*base, "--items", "a,b,c", "--max-candidates", "2"])
+    assert over.exit_code == 1 and "cap of 2" in over.stderr and "Traceback" not in over.output
