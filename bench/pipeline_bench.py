@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import tempfile
 import threading
 import time
@@ -13,18 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from mixlm.schemas import ItemEvent
+from mixlm.training.beir import read_corpus
 
 
 def corpus_events(corpus: Path, limit: int) -> list[ItemEvent]:
-    opener = gzip.open if corpus.suffix == ".gz" else open
-    events = []
-    with opener(corpus, "rt", encoding="utf-8") as lines:
-        for line in lines:
-            doc = json.loads(line)
-            events.append(ItemEvent(doc["_id"], "upsert", 1, doc.get("title") or "", doc["text"]))
-            if len(events) >= limit:
-                break
-    return events
+    return [ItemEvent(doc.doc_id, "upsert", 1, doc.title, doc.text) for doc in read_corpus(corpus, limit)]
 
 
 def run_backfill_bench(bundle_dir: str, corpus: Path, *, n_items: int = 2_000,

@@ -47,3 +47,44 @@ def rank(bundle_dir, store_path, query, items, candidates, top_k, backend, max_c
     if result.missing:
         table += f"\nmissing from the store: {', '.join(result.missing)}"
     click.echo(render({"query": query, "items": rows, "missing": result.missing}, output, table))
+
+
+@click.command()
+@click.argument("query")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", "store_path", type=click.Path(path_type=Path, file_okay=False), envvar="MIXLM_STORE",
+              default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
+@click.option("--k", "k", type=click.IntRange(min=1), default=100, show_default=True, help="first-stage candidates")
+@click.option("--rerank", type=click.IntRange(min=0), default=20, show_default=True,
+              help="how many of them the ranker re-scores (0: first stage only)")
+@click.option("--retriever", type=click.Choice(["faiss", "bm25"]), default="faiss", show_default=True)
+@click.option("--corpus", type=click.Path(exists=True, path_type=Path), default=None,
+              help="BEIR corpus for --retriever bm25 (its ids must be the store's item ids)")
+@output_option()
+@user_errors
+def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
+    """Retrieve candidates (FAISS over retrieval vectors, or BM25) and rerank them with the ranker."""
+    from mixlm.ranker.client import RankerClient
+    from mixlm.ranker.retrieval import BM25Index, VectorIndex
+
+    client = RankerClient.open(bundle_dir, store_path)
+    if retriever == "bm25":
+        if corpus is None:
+            fail("--retriever bm25 needs --corpus", 2)
+        from mixlm.training.beir import read_corpus
+
+        docs = list(read_corpus(corpus))
+        hits = BM25Index([d.doc_id for d in docs], [f"{d.title} {d.text}" for d in docs]).search(query, k)
+    else:
+        from mixlm.encoders import ItemEncoder
+
+        query_vector = ItemEncoder.from_bundle(bundle_dir).encode([("", query)])[0].retrieval_vector
+        hits = VectorIndex.load(client.store, client.ranker.encoder_id).search(query_vector, k)
+    first_stage = {hit.item_id: hit.score for hit in hits}
+    reranked = client.rank(query, [hit.item_id for hit in hits[:rerank]]).items if rerank else []
+    rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.score, 6),
+             "first_stage": round(first_stage[item.item_id], 4)} for n, item in enumerate(reranked, start=1)]
+    rows += [{"rank": len(rows) + n, "item_id": hit.item_id, "p_yes": None, "first_stage": round(hit.score, 4)}
+             for n, hit in enumerate(hits[rerank:], start=1)]
+    table = columns_table(rows, ("rank", "item_id", "p_yes", "first_stage")) if rows else "nothing found"
+    click.echo(render({"query": query, "retriever": retriever, "results": rows}, output, table))

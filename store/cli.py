@@ -164,3 +164,22 @@ def promote(ctx: click.Context, encoder_id: str) -> None:
     """Make ENCODER_ID the active encoder, atomically (readers switch on their next lookup)."""
     previous = _open(ctx).promote(encoder_id)
     click.echo(f"active encoder: {encoder_id} (was {previous or 'none'})")
+
+
+@main.group()
+def index() -> None:
+    """First-stage FAISS indexes over an encoder's retrieval vectors."""
+
+
+@index.command("build")
+@click.option("--encoder", "encoder_id", help="encoder id (default: the active encoder)")
+@output_option()
+@click.pass_context
+@user_errors
+def index_build(ctx: click.Context, encoder_id: str | None, output: str) -> None:
+    """Build (or rebuild) the FAISS index of one encoder's live records."""
+    from mixlm.ranker.retrieval import build_vector_index
+
+    store = _open(ctx.find_root())
+    summary = build_vector_index(store, store.resolve_encoder(encoder_id))
+    click.echo(render(summary, output, key_value_table(summary)))
