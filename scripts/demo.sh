@@ -50,5 +50,10 @@ read -r updated deleted < <(python -c 'import json; ids=[json.loads(l)["item_id"
 mixlm-store item "$updated"
 mixlm-store item "$deleted"
 mixlm-store jobs
+
+step "7. first stage + rerank: a FAISS index over the retrieval vectors, then mixlm search"
+mixlm-store index build
+mixlm search "vitamin D deficiency and the risk of fractures" --bundle "$out/bundle" --k 20 --rerank 10
+echo "(the ranker and the projection are not trained yet: these p_yes show the path, not relevance)"
 echo
 echo "demo finished: store in $MIXLM_STORE, bundle in $out/bundle"

@@ -61,3 +61,12 @@ def test_empty_and_bad_backend(ranker):
     assert ranker.score("q", []).p_yes.shape == (0,)
     with pytest.raises(ValueError, match="backend"):
         ranker.score("q", items(ranker, 1, 1), backend="packed-ish")
+
+
+def test_padded_batches_under_a_small_token_budget(ranker):
+    """Variable-length candidates split over several right-padded forward passes still match naive."""
+    tight = MixedInputRanker(ranker.model, ranker.tokenizer, ranker.prompt, ranker.encoder_id, token_budget=12)
+    candidates = [ranker.item_text_embeddings(text) for text in
+                  ["yes", "a much longer item text about python and kafka", "nurse", "", "data engineer in Oslo"]]
+    np.testing.assert_allclose(tight.score("q", candidates).log_odds,
+                               ranker.score("q", candidates, backend="naive").log_odds, atol=1e-4)
