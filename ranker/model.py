@@ -83,51 +83,78 @@ class MixedInputRanker:
         log_odds = log_odds.cpu().numpy()
         return Scores(log_odds, 1.0 / (1.0 + np.exp(-log_odds)))
 
-    def _last_hidden(self, **kwargs) -> torch.Tensor:
-        outputs = self.model.model(**kwargs)  # the base model: no vocabulary projection
-        return outputs.last_hidden_state[:, -1], outputs.past_key_values
-
     @torch.inference_mode()
     def score(self, query: str, items: Sequence[torch.Tensor | np.ndarray], *, backend: str = "amortized") -> Scores:
         """Score ``items`` (each ``[T_i, hidden]`` embedding tokens) against ``query``."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "amortized":
+            return self.score_batch([(query, items)])[0]
         if not items:
             return Scores(np.zeros(0, np.float32), np.zeros(0, np.float32))
-        tokens = [torch.as_tensor(item, device=self.device).to(self.dtype) for item in items]
-        prefix = self.embed(self.prefix_ids(query))
-        end = self.embed(self.end_ids)
-        if backend == "naive":
-            return self._head(torch.stack([self._score_one(torch.cat([prefix, t, end])) for t in tokens]))
-        return self._head(self._score_amortized(prefix, tokens, end))
+        prefix, end = self.embed(self.prefix_ids(query)), self.embed(self.end_ids)
+        return self._head(torch.stack([self._score_one(torch.cat([prefix, self._as_tokens(t), end])) for t in items]))
+
+    @torch.inference_mode()
+    def score_batch(self, requests: Sequence[tuple[str, Sequence[torch.Tensor | np.ndarray]]]) -> list[Scores]:
+        """Several (query, items) requests: one prefill of all queries, then shared candidate passes.
+
+        Query prefixes are left-padded to one length (positions count real tokens only); each
+        candidate continues from its own query's cache, selected by batch index.
+        """
+        if not requests:
+            return []
+        prefixes = [self.embed(self.prefix_ids(query)) for query, _ in requests]
+        width = max(p.shape[0] for p in prefixes)
+        prefix_batch = torch.zeros(len(prefixes), width, self.hidden_size, dtype=self.dtype, device=self.device)
+        prefix_mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=self.device)
+        for row, prefix in enumerate(prefixes):
+            prefix_batch[row, width - prefix.shape[0]:] = prefix
+            prefix_mask[row, width - prefix.shape[0]:] = 1
+        positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = self.model.model(inputs_embeds=prefix_batch, attention_mask=prefix_mask, position_ids=positions,
+                                 use_cache=True).past_key_values
+        owners = [q for q, (_, items) in enumerate(requests) for _ in items]
+        tokens = [self._as_tokens(item) for _, items in requests for item in items]
+        hidden = self._score_candidates(cache, prefix_mask, owners, tokens, self.embed(self.end_ids))
+        scores = self._head(hidden) if tokens else Scores(np.zeros(0, np.float32), np.zeros(0, np.float32))
+        out, start = [], 0
+        for _, items in requests:
+            out.append(Scores(scores.log_odds[start:start + len(items)], scores.p_yes[start:start + len(items)]))
+            start += len(items)
+        return out
+
+    def _as_tokens(self, item: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(item, device=self.device).to(self.dtype)
 
     def _score_one(self, sequence: torch.Tensor) -> torch.Tensor:
-        last, _ = self._last_hidden(inputs_embeds=sequence.unsqueeze(0), use_cache=False)
-        return last[0]
+        """The reference path: one full sequence through the base model (no vocabulary projection)."""
+        return self.model.model(inputs_embeds=sequence.unsqueeze(0), use_cache=False).last_hidden_state[0, -1]
 
-    def _score_amortized(self, prefix: torch.Tensor, tokens: list[torch.Tensor], end: torch.Tensor) -> torch.Tensor:
-        """Prefill the query once; run every candidate's ``T_i + end`` positions against a copy of its cache.
+    def _score_candidates(self, cache, prefix_mask: torch.Tensor, owners: list[int], tokens: list[torch.Tensor],
+                          end: torch.Tensor) -> torch.Tensor:
+        """Each candidate's ``T_i + end`` positions against a copy of its query's cache.
 
         Candidates are cut into token-budget batches by length; within a batch the tails are
         right-padded, so pads never precede a real position and change nothing under causal attention.
         """
-        _, cache = self._last_hidden(inputs_embeds=prefix.unsqueeze(0), use_cache=True)
-        prefix_len, end_len = prefix.shape[0], end.shape[0]
-        lengths = [item.shape[0] + end_len for item in tokens]
+        prefix_lengths = prefix_mask.sum(dim=1)
+        lengths = [item.shape[0] + end.shape[0] for item in tokens]
         out = torch.empty(len(tokens), self.hidden_size, device=self.device)
         for batch in token_budget_batches(lengths, self.token_budget):
             width = max(lengths[i] for i in batch)
+            rows = torch.tensor([owners[i] for i in batch], device=self.device)
             tail = torch.zeros(len(batch), width, self.hidden_size, dtype=self.dtype, device=self.device)
-            mask = torch.zeros(len(batch), prefix_len + width, dtype=torch.long, device=self.device)
-            mask[:, :prefix_len] = 1
+            tail_mask = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
             for row, index in enumerate(batch):
                 tail[row, : lengths[index]] = torch.cat([tokens[index], end])
-                mask[row, prefix_len: prefix_len + lengths[index]] = 1
+                tail_mask[row, : lengths[index]] = 1
             batch_cache = copy.deepcopy(cache)
-            batch_cache.batch_repeat_interleave(len(batch))
-            positions = torch.arange(prefix_len, prefix_len + width, device=self.device).expand(len(batch), -1)
+            batch_cache.batch_select_indices(rows)
+            positions = prefix_lengths[rows].unsqueeze(1) + torch.arange(width, device=self.device)
             hidden = self.model.model(inputs_embeds=tail, past_key_values=batch_cache, use_cache=True,
-                                      attention_mask=mask, position_ids=positions).last_hidden_state
+                                      attention_mask=torch.cat([prefix_mask[rows], tail_mask], dim=1),
+                                      position_ids=positions).last_hidden_state
             last = torch.tensor([lengths[i] - 1 for i in batch], device=self.device)
             out[batch] = hidden[torch.arange(len(batch), device=self.device), last].float()
         return out

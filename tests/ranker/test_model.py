@@ -70,3 +70,15 @@ def test_padded_batches_under_a_small_token_budget(ranker):
                   ["yes", "a much longer item text about python and kafka", "nurse", "", "data engineer in Oslo"]]
     np.testing.assert_allclose(tight.score("q", candidates).log_odds,
                                ranker.score("q", candidates, backend="naive").log_odds, atol=1e-4)
+
+
+def test_batched_queries_of_different_lengths_equal_one_by_one(ranker):
+    requests = [("python", items(ranker, 3, 1, seed=1)),
+                ("senior data engineer for streaming pipelines with kafka and beam", items(ranker, 5, 4, seed=2)),
+                ("nurse", []),
+                ("a", items(ranker, 2, 1, seed=3) + items(ranker, 1, 4, seed=4))]
+    batched = ranker.score_batch(requests)
+    assert [len(s.p_yes) for s in batched] == [3, 5, 0, 3]
+    for (query, candidates), scores in zip(requests, batched, strict=True):
+        np.testing.assert_allclose(scores.log_odds, ranker.score(query, candidates, backend="naive").log_odds,
+                                   atol=1e-4, rtol=1e-4)
