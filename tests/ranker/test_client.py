@@ -106,3 +106,43 @@ def test_rank_cli(tiny_bundle, store_path, tmp_path):
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
     over = CliRunner().invoke(main, [*base, "--items", "a,b,c", "--max-candidates", "2"])
     assert over.exit_code == 1 and "cap of 2" in over.stderr and "Traceback" not in over.output
+
+
+def test_score_many_equals_one_by_one(client):
+    requests = [("python", ["job-1", "job-2"]), ("a much longer query about kafka and beam", ["job-3", "ghost"]),
+                ("nurse", [])]
+    many = client.score_many(requests)
+    for (query, ids), result in zip(requests, many, strict=True):
+        single = client.score(query, ids)
+        assert [i.item_id for i in result.items] == [i.item_id for i in single.items]
+        assert result.missing == single.missing
+        np.testing.assert_allclose([i.log_odds for i in result.items], [i.log_odds for i in single.items], atol=1e-4)
+
+
+def test_request_batcher_serves_concurrent_callers_together(client):
+    import threading
+
+    from mixlm.ranker.client import RequestBatcher
+
+    queries = [f"query {n} about python and kafka" for n in range(12)]
+    expected = {q: client.rank(q, list(ITEMS), top_k=3) for q in queries}
+    results, errors = {}, []
+    with RequestBatcher(client, max_wait_ms=50, max_requests=8) as batcher:
+        def call(query):
+            try:
+                results[query] = batcher.rank(query, list(ITEMS), top_k=3)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        threads = [threading.Thread(target=call, args=(q,)) for q in queries]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with pytest.raises(ValueError, match="empty"):
+            batcher.rank(" ", ["job-1"])  # a bad request fails alone
+    assert not errors
+    assert max(batcher.batch_sizes) > 1 and sum(batcher.batch_sizes[:-1]) == len(queries)
+    for query in queries:
+        assert [i.item_id for i in results[query].items] == [i.item_id for i in expected[query].items]
+        np.testing.assert_allclose([i.log_odds for i in results[query].items],
+                                   [i.log_odds for i in expected[query].items], atol=1e-4)
