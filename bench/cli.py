@@ -113,5 +113,6 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
     plot(report, out.with_suffix(".png"))
     click.echo(columns_table(report["results"], ("method", "candidates", "queries_per_forward", "p50_ms", "p99_ms",
                                                   "items_per_s")))
-    click.echo("ratios: " + ", ".join(f"{k} {v}x" for k, v in report["ratios"].items()))
+    click.echo(f"best items/s within p99 {p99_budget_ms:g} ms: {report['best_items_per_s_under_budget']}")
+    click.echo("ratios of best items/s: " + ", ".join(f"{k} {v}x" for k, v in report["ratios"].items()))
     click.echo(f"wrote {out} and {out.with_suffix('.png')}")

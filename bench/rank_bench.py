@@ -75,19 +75,29 @@ def run_rank_bench(bundle_dir: str, corpus: Path, *, sizes=(50, 250), queries_pe
                        "items_per_s": round(n * q * requests / (ms.sum() / 1e3), 1)}
                 rows.append(row)
                 log(f"  N={n:<4} q={q:<3} {name:<16} p99 {row['p99_ms']:>9} ms  {row['items_per_s']:>9} items/s")
-    best = {}
-    for row in rows:
-        if row["p99_ms"] <= p99_budget_ms:
-            best[row["method"]] = max(best.get(row["method"], 0.0), row["items_per_s"])
-    ratios = {}
-    if best.get("mixlm_amortized"):
-        for baseline in ("full_text", "truncated_text", "mixlm_naive"):
-            if best.get(baseline):
-                ratios[f"mixlm_amortized_over_{baseline}"] = round(best["mixlm_amortized"] / best[baseline], 1)
+    under_budget = best_items_per_s(rows, p99_budget_ms)
+    overall = best_items_per_s(rows, float("inf"))
     return {"benchmark": "rank", "mean_item_tokens": round(item_tokens),
             "mean_query_prefix_tokens": round(query_tokens), "truncate_tokens": truncate_tokens,
             "p99_budget_ms": p99_budget_ms, "torch_threads": torch.get_num_threads(), "results": rows,
-            "best_items_per_s_under_budget": best, "ratios": ratios}
+            "best_items_per_s_under_budget": under_budget, "ratios_under_budget": amortized_ratios(under_budget),
+            "best_items_per_s": overall, "ratios": amortized_ratios(overall)}
+
+
+def best_items_per_s(rows: list[dict], p99_budget_ms: float) -> dict[str, float]:
+    """Each method's best throughput among its points within the p99 budget (absent: none fits)."""
+    best: dict[str, float] = {}
+    for row in rows:
+        if row["p99_ms"] <= p99_budget_ms:
+            best[row["method"]] = max(best.get(row["method"], 0.0), row["items_per_s"])
+    return best
+
+
+def amortized_ratios(best: dict[str, float]) -> dict[str, float]:
+    if not best.get("mixlm_amortized"):
+        return {}
+    return {f"mixlm_amortized_over_{baseline}": round(best["mixlm_amortized"] / best[baseline], 1)
+            for baseline in ("full_text", "truncated_text", "mixlm_naive") if best.get(baseline)}
 
 
 def plot(report: dict, out: Path) -> None:
