@@ -52,11 +52,17 @@ def _default_corpus() -> Path:
 def backfill_command(bundle_dir: str, corpus: Path | None, items: int, out: Path) -> None:
     """Backfill throughput against the raw encoder loop, same model and items, one run."""
     from mixlm.bench.pipeline_bench import run_backfill_bench
-    from mixlm.bench.store_bench import machine, write_report
 
     corpus = corpus or _default_corpus()
     result = run_backfill_bench(bundle_dir, corpus, n_items=items, log=lambda line: click.echo(line, err=True))
-    write_report({"benchmark": "backfill", "machine": machine(), "bundle": bundle_dir, "corpus": str(corpus),
+    _report_one("backfill", result, bundle_dir, corpus, out)
+
+
+def _report_one(name: str, result: dict, bundle_dir: str, corpus: Path, out: Path) -> None:
+    """Write a single-result benchmark's JSON (with the machine) and print it as a table."""
+    from mixlm.bench.store_bench import machine, write_report
+
+    write_report({"benchmark": name, "machine": machine(), "bundle": bundle_dir, "corpus": str(corpus),
                   "results": [result]}, out)
     click.echo(columns_table([result], list(result)))
     click.echo(f"wrote {out}")
@@ -72,15 +78,11 @@ def backfill_command(bundle_dir: str, corpus: Path | None, items: int, out: Path
 def freshness_command(bundle_dir: str, corpus: Path | None, rate: float, seconds: float, out: Path) -> None:
     """Streaming freshness: produce at a fixed rate, time until each item is readable in LMDB."""
     from mixlm.bench.pipeline_bench import run_freshness_bench
-    from mixlm.bench.store_bench import machine, write_report
 
     corpus = corpus or _default_corpus()
     result = run_freshness_bench(bundle_dir, corpus, rate_per_s=rate, seconds=seconds,
                                  log=lambda line: click.echo(line, err=True))
-    write_report({"benchmark": "freshness", "machine": machine(), "bundle": bundle_dir, "corpus": str(corpus),
-                  "results": [result]}, out)
-    click.echo(columns_table([result], list(result)))
-    click.echo(f"wrote {out}")
+    _report_one("freshness", result, bundle_dir, corpus, out)
 
 
 @bench.command("rank")
