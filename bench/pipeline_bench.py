@@ -53,6 +53,7 @@ def run_freshness_bench(bundle_dir: str, corpus: Path, *, rate_per_s: float = 20
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
+    from mixlm.encoders.config import BundleConfig
     from mixlm.pipelines.kafka_broker import EmbeddedBroker
     from mixlm.pipelines.streaming import run_stream
     from mixlm.store import EmbeddingStore
@@ -65,8 +66,6 @@ def run_freshness_bench(bundle_dir: str, corpus: Path, *, rate_per_s: float = 20
         admin.close()
         store_path = str(Path(tmp) / "store")
         EmbeddingStore.open(store_path, create=True)
-        from mixlm.encoders.config import BundleConfig
-
         encoder_id = BundleConfig.load(bundle_dir).encoder_id
         job = threading.Thread(target=run_stream, kwargs=dict(
             bootstrap_servers=broker.bootstrap_servers, topic="items", group_id="freshness", bundle_dir=bundle_dir,

@@ -12,7 +12,8 @@ from mixlm.schemas.embedding_record import EmbeddingRecord
 ITEM_EVENT_SCHEMA = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),
     pa.field("op", pa.string(), nullable=False),
-    pa.field("version", pa.int64(), nullable=False),
+    # null in a catalog: the backfill gives such rows its start time and compares them by content
+    pa.field("version", pa.int64()),
     pa.field("title", pa.string()),
     pa.field("text", pa.string()),
     pa.field("fields", pa.map_(pa.string(), pa.string())),

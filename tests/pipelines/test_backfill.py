@@ -4,7 +4,6 @@ import gzip
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from mixlm.cli import main
@@ -107,13 +106,21 @@ def test_cli_prints_the_job_id_last(tiny_bundle, tmp_path):
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
 
 
-@pytest.mark.parametrize("fmt", ["parquet"])
-def test_parquet_catalog(tiny_bundle, tmp_path, fmt):
+def test_parquet_catalog_with_the_item_event_schema(tiny_bundle, tmp_path):
+    """A Parquet catalog written with the contract's Arrow schema: map fields, a null version, a delete."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"item_id": ["p1", "p2"], "op": ["upsert", "upsert"], "version": [1, None],
-                      "title": ["T1", "T2"], "text": ["one", "two"]})
+    from mixlm.schemas.arrow import ITEM_EVENT_SCHEMA
+
+    table = pa.Table.from_pylist([
+        {"item_id": "p1", "op": "upsert", "version": 1, "title": "T1", "text": "one", "fields": [("city", "Oslo")]},
+        {"item_id": "p2", "op": "upsert", "version": None, "title": "T2", "text": "two", "fields": None},
+        {"item_id": "p3", "op": "delete", "version": 4, "title": None, "text": None, "fields": None},
+    ], schema=ITEM_EVENT_SCHEMA)
     pq.write_table(table, tmp_path / "items.parquet")
     manifest = run_backfill(str(tmp_path / "items.parquet"), str(tiny_bundle), str(tmp_path / "store"), log=quiet)
-    assert manifest.counts.written == 2 and manifest.counts.dead_lettered == 0
+    c = manifest.counts
+    assert (c.written, c.deleted, c.dead_lettered) == (2, 1, 0)
+    record = EmbeddingStore.open(tmp_path / "store").get(manifest.encoder_id, "p1")
+    assert record.content_hash == ItemEvent("p1", "upsert", 1, "T1", "one", {"city": "Oslo"}).content_hash()
