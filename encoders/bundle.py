@@ -3,7 +3,8 @@
 A bundle is a directory::
 
     mixlm.json               BundleConfig: models, encoding, projection, prompt, encoder_id
-    encoder/                 transformers config + safetensors weights + tokenizer
+    encoder/                 transformers config + safetensors weights + tokenizer, or base.json
+                             (a pinned pretrained base) + an optional LoRA adapter
     ranker/                  the same, a causal LM
     projection.safetensors   encoder width -> ranker width (empty for an identity)
 
@@ -73,17 +74,17 @@ class Bundle:
 
         return load_tokenizer(self.ranker_dir)
 
-    def load_encoder(self, device=None, dtype=None):
+    def load_encoder(self, device=None, dtype=None, *, merge_adapter: bool = True):
         """The encoder's base model (hidden states, no LM head); default device and dtype: see ``hf_models``."""
         from mixlm.encoders.hf_models import load_model
 
-        return load_model(self.encoder_dir, causal_lm=False, device=device, dtype=dtype)
+        return load_model(self.encoder_dir, causal_lm=False, device=device, dtype=dtype, merge_adapter=merge_adapter)
 
-    def load_ranker(self, device=None, dtype=None):
+    def load_ranker(self, device=None, dtype=None, *, merge_adapter: bool = True):
         """The ranker as a causal LM (its LM head gives the yes/no logits)."""
         from mixlm.encoders.hf_models import load_model
 
-        return load_model(self.ranker_dir, causal_lm=True, device=device, dtype=dtype)
+        return load_model(self.ranker_dir, causal_lm=True, device=device, dtype=dtype, merge_adapter=merge_adapter)
 
     def load_projection(self):
         """The projection on the CPU in float32 (move it where the encoder runs)."""
@@ -142,24 +143,38 @@ def seal_bundle(path: str | Path) -> Bundle:
     return _seal(bundle.path, bundle.config)
 
 
+def _model_source(name_or_dir: str | Path) -> tuple[str, Path, bool]:
+    """(base name, folder with its files, whether it is a pretrained name to reference rather than copy)."""
+    from mixlm.encoders.pretrained import PRETRAINED, resolve_pretrained
+
+    if isinstance(name_or_dir, str) and name_or_dir in PRETRAINED:
+        return name_or_dir, resolve_pretrained(name_or_dir), True
+    return Path(name_or_dir).resolve().name, Path(name_or_dir), False
+
+
 def init_bundle(out_dir: str | Path, encoder_path: str | Path, ranker_path: str | Path, *, n_tokens: int = 1,
                 pooling: str | None = None, max_length: int = 512, projection: str | None = None,
                 prompt: PromptTemplate | None = None, seed: int = 0,
                 log: Callable[[str], None] = lambda line: None) -> Bundle:
-    """A bundle from two local model folders; its projection is freshly initialised (seeded).
+    """A bundle from two models; its projection is freshly initialised (seeded).
 
+    A model is a pretrained name (``mixlm models ls``), which the bundle references without
+    copying its weights (``base_reference``), or a local model folder, which is copied.
     ``pooling`` defaults to ``default_pooling`` of the encoder's kind; ``projection`` to an
     identity when the widths match, else ``linear``.
     """
+    from mixlm.encoders.base_reference import write_reference
     from mixlm.encoders.hf_models import copy_model, model_kind, read_config
     from mixlm.encoders.projection import init_projection, save_projection
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not empty; a bundle needs a new directory")
-    encoder_config, ranker_config = read_config(encoder_path), read_config(ranker_path)
-    encoder = ModelInfo(Path(encoder_path).resolve().name, model_kind(encoder_config), encoder_config.hidden_size)
-    ranker = ModelInfo(Path(ranker_path).resolve().name, model_kind(ranker_config), ranker_config.hidden_size)
+    (encoder_name, encoder_files, encoder_ref), (ranker_name, ranker_files, ranker_ref) = (
+        _model_source(encoder_path), _model_source(ranker_path))
+    encoder_config, ranker_config = read_config(encoder_files), read_config(ranker_files)
+    encoder = ModelInfo(encoder_name, model_kind(encoder_config), encoder_config.hidden_size)
+    ranker = ModelInfo(ranker_name, model_kind(ranker_config), ranker_config.hidden_size)
     positions = getattr(encoder_config, "max_position_embeddings", None)
     if positions and max_length > positions:
         raise ValueError(f"max_length {max_length} exceeds the encoder's {positions} positions")
@@ -172,8 +187,12 @@ def init_bundle(out_dir: str | Path, encoder_path: str | Path, ranker_path: str 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as staging_root:
         staging = Path(staging_root) / out.name
-        copy_model(encoder_path, staging / ENCODER_DIR, causal_lm=False, log=log)
-        copy_model(ranker_path, staging / RANKER_DIR, causal_lm=True, log=log)
+        for source, reference, part, causal_lm in ((encoder_path, encoder_ref, ENCODER_DIR, False),
+                                                   (ranker_path, ranker_ref, RANKER_DIR, True)):
+            if reference:
+                write_reference(staging / part, source)
+            else:
+                copy_model(source, staging / part, causal_lm=causal_lm, log=log)
         save_projection(init_projection(config.projection, seed), staging / PROJECTION_FILE)
         bundle = _seal(staging, config)
         os.replace(staging, out)

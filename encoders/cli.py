@@ -64,11 +64,12 @@ def bundle() -> None:
     """Model bundles: the paired encoder + ranker that pipelines, ranker and training load."""
 
 
-def _model_folder(name_or_dir: str) -> Path:
-    """A pretrained name (see 'mixlm models ls') or a local model folder (write ./NAME for a folder so named)."""
-    from mixlm.encoders.pretrained import PRETRAINED, resolve_pretrained
+def _model_source(name_or_dir: str) -> str | Path:
+    """A pretrained name (see 'mixlm models ls'), kept as a name so the bundle references it, or a
+    local model folder (write ./NAME for a folder so named)."""
+    from mixlm.encoders.pretrained import PRETRAINED
 
-    return resolve_pretrained(name_or_dir) if name_or_dir in PRETRAINED else Path(name_or_dir)
+    return name_or_dir if name_or_dir in PRETRAINED else Path(name_or_dir)
 
 
 def _visible(value):
@@ -116,7 +117,7 @@ def init(out_dir: Path, tiny: bool, encoder: str | None, ranker: str | None, enc
         built = init_tiny_bundle(out_dir, encoder_kind=encoder_kind, n_tokens=n_tokens, pooling=pooling,
                                  max_length=max_length or 128, projection=projection, seed=seed)
     else:
-        built = init_bundle(out_dir, _model_folder(encoder), _model_folder(ranker), n_tokens=n_tokens,
+        built = init_bundle(out_dir, _model_source(encoder), _model_source(ranker), n_tokens=n_tokens,
                             pooling=pooling, max_length=max_length or 512, projection=projection, seed=seed,
                             log=_progress)
     _show(built, output)

@@ -31,9 +31,17 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def model_files(model_dir: str | Path) -> Path:
+    """Where a model folder's config, tokenizer and base weights are: itself, or the base it references."""
+    from mixlm.encoders.base_reference import is_reference, resolve_base
+
+    return resolve_base(model_dir) if is_reference(model_dir) else Path(model_dir)
+
+
 def read_config(model_dir: str | Path):
     from transformers import AutoConfig
 
+    model_dir = model_files(model_dir)
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
     return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
@@ -46,23 +54,32 @@ def model_kind(config) -> str:
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(model_files(model_dir)), local_files_only=True)
 
 
 def load_model(model_dir: str | Path, *, causal_lm: bool, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None):
+               dtype: str | torch.dtype | None = None, merge_adapter: bool = True):
     """The base model (hidden states) or, with ``causal_lm``, the model with its LM head; in eval mode.
 
     Device and dtype as ``pick_device``/``pick_dtype`` choose them; dtype "auto" keeps the stored one.
+    A folder that references a base model (``base_reference``) gets its adapter, if it has one,
+    merged in; with ``merge_adapter=False`` the adapter stays separate and trainable (training).
     """
     from transformers import AutoModel, AutoModelForCausalLM
 
+    from mixlm.encoders.base_reference import is_reference
+    from mixlm.encoders.lora import apply_adapter, has_adapter
+
+    adapter_dir = Path(model_dir) if is_reference(model_dir) else None
+    model_dir = model_files(model_dir)
     if not any(Path(model_dir).glob("*.safetensors")):
         raise FileNotFoundError(f"{model_dir} holds no safetensors weights (pickled weights are never loaded)")
     torch_device = pick_device(device)
     torch_dtype = "auto" if dtype == "auto" else pick_dtype(torch_device, dtype)
     auto = AutoModelForCausalLM if causal_lm else AutoModel
     model = auto.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True, use_safetensors=True)
+    if adapter_dir is not None and has_adapter(adapter_dir):
+        apply_adapter(model, adapter_dir, merge=merge_adapter)
     return model.to(torch_device).eval()
 
 

@@ -24,7 +24,7 @@ from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.config import DEFAULT_ITEM_TEMPLATE, EncodingConfig, ProjectionConfig
 from mixlm.encoders.fingerprint import encoder_fingerprint
 from mixlm.encoders.hf_models import load_model, load_tokenizer
-from mixlm.encoders.item_tokenizer import ItemTokenizer
+from mixlm.encoders.item_tokenizer import ItemTokenizer, TokenizedItem
 from mixlm.encoders.pooling import pool
 from mixlm.schemas import EmbeddingRecord, ItemEvent
 
@@ -77,25 +77,35 @@ class ItemEncoder:
     @torch.inference_mode()
     def encode(self, items: Sequence[tuple[str, str]]) -> list[EncodedItem]:
         """Encode ``(title, text)`` pairs in token-budget batches; results follow the input order."""
-        tokenized = self.tokenizer([self.encoding.format_item(title, text) for title, text in items])
+        tokenized = self.tokenize(items)
         results: list[EncodedItem | None] = [None] * len(tokenized)
         for batch in token_budget_batches([len(t.ids) for t in tokenized], self.token_budget):
-            width = max(len(tokenized[i].ids) for i in batch)
-            input_ids = torch.full((len(batch), width), self.tokenizer.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = tokenized[index].ids
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
-            input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            pooled = pool(hidden, mask, self.encoding.pooling, self.encoding.n_tokens)
-            vectors = self.projection(pooled.to(self.dtype)).float().cpu().numpy()
-            retrieval = F.normalize(pool(hidden, mask, "mean")[:, 0], dim=-1).cpu().numpy()
+            vectors, retrieval = self.forward([tokenized[i] for i in batch])
+            vectors, retrieval = vectors.float().cpu().numpy(), retrieval.cpu().numpy()
             for row, index in enumerate(batch):
                 item = tokenized[index]
                 results[index] = EncodedItem(vectors[row], retrieval[row], item.source_tokens, item.truncated)
         return results  # type: ignore[return-value]
+
+    def tokenize(self, items: Sequence[tuple[str, str]]) -> list[TokenizedItem]:
+        return self.tokenizer([self.encoding.format_item(title, text) for title, text in items])
+
+    def forward(self, batch: Sequence[TokenizedItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One padded batch: ``(embedding tokens [B, T_S, ranker width], retrieval vectors [B, width])``.
+
+        Differentiable (training calls it with autograd on); ``encode`` wraps it for inference.
+        """
+        width = max(len(item.ids) for item in batch)
+        input_ids = torch.full((len(batch), width), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, item in enumerate(batch):
+            input_ids[row, : len(item.ids)] = torch.tensor(item.ids)
+            mask[row, : len(item.ids)] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        pooled = pool(hidden, mask, self.encoding.pooling, self.encoding.n_tokens)
+        vectors = self.projection(pooled.to(self.dtype))
+        return vectors, F.normalize(pool(hidden, mask, "mean")[:, 0], dim=-1)
 
     def encode_events(self, events: Sequence[ItemEvent], *, job_id: str = "",
                       encoded_at: float | None = None) -> list[EmbeddingRecord]:

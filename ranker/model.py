@@ -78,10 +78,26 @@ class MixedInputRanker:
         ids = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), dtype=torch.long, device=self.device)
         return self.embed(ids)
 
+    def log_odds(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """logit(yes) - logit(no) from last hidden states ``[..., hidden]`` (differentiable)."""
+        return last_hidden.float() @ self.direction + self.bias
+
     def _head(self, last_hidden: torch.Tensor) -> Scores:
-        log_odds = last_hidden.float() @ self.direction + self.bias
-        log_odds = log_odds.cpu().numpy()
+        log_odds = self.log_odds(last_hidden).cpu().numpy()
         return Scores(log_odds, 1.0 / (1.0 + np.exp(-log_odds)))
+
+    def forward_group(self, query: str, items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One query's candidates with autograd on: ``(log_odds [N], last hidden [N, hidden])``.
+
+        The training path: the prefix runs once and its cache is repeated for the N candidates,
+        so gradients reach the adapters through the prefix as well as through each candidate.
+        """
+        prefix_ids = self.prefix_ids(query)
+        cache = self.model.model(inputs_embeds=self.embed(prefix_ids).unsqueeze(0), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(items))
+        prefix_mask = torch.ones(len(items), prefix_ids.shape[0], dtype=torch.long, device=self.device)
+        hidden = self._candidate_pass(cache, prefix_mask, [self._as_tokens(t) for t in items], self.embed(self.end_ids))
+        return self.log_odds(hidden), hidden
 
     @torch.inference_mode()
     def score(self, query: str, items: Sequence[torch.Tensor | np.ndarray], *, backend: str = "amortized") -> Scores:
@@ -133,28 +149,30 @@ class MixedInputRanker:
 
     def _score_candidates(self, cache, prefix_mask: torch.Tensor, owners: list[int], tokens: list[torch.Tensor],
                           end: torch.Tensor) -> torch.Tensor:
-        """Each candidate's ``T_i + end`` positions against a copy of its query's cache.
-
-        Candidates are cut into token-budget batches by length; within a batch the tails are
-        right-padded, so pads never precede a real position and change nothing under causal attention.
-        """
-        prefix_lengths = prefix_mask.sum(dim=1)
+        """Each candidate's ``T_i + end`` positions against a copy of its query's cache, in token-budget batches."""
         lengths = [item.shape[0] + end.shape[0] for item in tokens]
         out = torch.empty(len(tokens), self.hidden_size, device=self.device)
         for batch in token_budget_batches(lengths, self.token_budget):
-            width = max(lengths[i] for i in batch)
             rows = torch.tensor([owners[i] for i in batch], device=self.device)
-            tail = torch.zeros(len(batch), width, self.hidden_size, dtype=self.dtype, device=self.device)
-            tail_mask = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
-            for row, index in enumerate(batch):
-                tail[row, : lengths[index]] = torch.cat([tokens[index], end])
-                tail_mask[row, : lengths[index]] = 1
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_select_indices(rows)
-            positions = prefix_lengths[rows].unsqueeze(1) + torch.arange(width, device=self.device)
-            hidden = self.model.model(inputs_embeds=tail, past_key_values=batch_cache, use_cache=True,
-                                      attention_mask=torch.cat([prefix_mask[rows], tail_mask], dim=1),
-                                      position_ids=positions).last_hidden_state
-            last = torch.tensor([lengths[i] - 1 for i in batch], device=self.device)
-            out[batch] = hidden[torch.arange(len(batch), device=self.device), last].float()
+            out[batch] = self._candidate_pass(batch_cache, prefix_mask[rows], [tokens[i] for i in batch], end).float()
         return out
+
+    def _candidate_pass(self, cache, prefix_mask: torch.Tensor, tokens: list[torch.Tensor],
+                        end: torch.Tensor) -> torch.Tensor:
+        """One forward of candidate tails, row ``i`` continuing cache row ``i``; the last hidden state of each.
+
+        Tails are right-padded, so pads never precede a real position and change nothing under
+        causal attention; positions continue after each row's real prefix tokens.
+        """
+        sequences = [torch.cat([item, end]) for item in tokens]
+        lengths = torch.tensor([s.shape[0] for s in sequences], device=self.device)
+        tail = nn.utils.rnn.pad_sequence(sequences, batch_first=True)
+        width = tail.shape[1]
+        tail_mask = (torch.arange(width, device=self.device) < lengths.unsqueeze(1)).long()
+        positions = prefix_mask.sum(dim=1).unsqueeze(1) + torch.arange(width, device=self.device)
+        hidden = self.model.model(inputs_embeds=tail, past_key_values=cache, use_cache=True,
+                                  attention_mask=torch.cat([prefix_mask, tail_mask], dim=1),
+                                  position_ids=positions).last_hidden_state
+        return hidden[torch.arange(len(sequences), device=self.device), lengths - 1]

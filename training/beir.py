@@ -28,3 +28,60 @@ def read_corpus(path: str | Path, limit: int | None = None) -> Iterator[Document
                 return
             doc = json.loads(line)
             yield Document(str(doc["_id"]), doc.get("title") or "", doc.get("text") or "")
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    """``queries.jsonl`` of a BEIR folder (or the file itself): query id -> text."""
+    path = Path(path)
+    path = path / "queries.jsonl" if path.is_dir() else path
+    with open(path, encoding="utf-8") as lines:
+        return {str(q["_id"]): q["text"] for q in map(json.loads, lines) if q.get("text")}
+
+
+def read_qrels(dataset_dir: str | Path, split: str) -> dict[str, dict[str, int]]:
+    """``qrels/<split>.tsv``: query id -> {doc id: grade}; the header line is skipped."""
+    path = Path(dataset_dir) / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        available = sorted(p.stem for p in (Path(dataset_dir) / "qrels").glob("*.tsv"))
+        raise FileNotFoundError(f"{dataset_dir} has no {split} judgments (qrels/{split}.tsv); "
+                                f"splits there: {', '.join(available) or 'none'}")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines):
+            cells = line.rstrip("\n").split("\t")
+            if number == 0 and not cells[-1].lstrip("-").isdigit():
+                continue  # header
+            if len(cells) != 3:
+                raise ValueError(f"{path}:{number + 1}: expected 3 tab-separated columns, got {len(cells)}")
+            qrels.setdefault(cells[0], {})[cells[1]] = int(cells[2])
+    return qrels
+
+
+@dataclass
+class BeirDataset:
+    """A collection with the judgments of one split, restricted to queries that have text and judgments."""
+
+    name: str
+    split: str
+    corpus: dict[str, Document]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    @classmethod
+    def load(cls, dataset_dir: str | Path, split: str) -> BeirDataset:
+        dataset_dir = Path(dataset_dir)
+        if not dataset_dir.is_dir():
+            raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")
+        qrels = read_qrels(dataset_dir, split)
+        queries = read_queries(dataset_dir)
+        judged = {q: docs for q, docs in qrels.items() if q in queries and docs}
+        corpus = {doc.doc_id: doc for doc in read_corpus(dataset_dir)}
+        return cls(dataset_dir.name, split, corpus, {q: queries[q] for q in judged}, judged)
+
+    def limit(self, max_queries: int | None) -> BeirDataset:
+        """The first ``max_queries`` judged queries in qrels order (all of them for None)."""
+        if max_queries is None or max_queries >= len(self.qrels):
+            return self
+        kept = list(self.qrels)[:max_queries]
+        return BeirDataset(self.name, self.split, self.corpus, {q: self.queries[q] for q in kept},
+                           {q: self.qrels[q] for q in kept})

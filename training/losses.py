@@ -30,6 +30,7 @@ def alignment_loss(hidden: torch.Tensor, hidden_fulltext: torch.Tensor) -> torch
 
 @dataclass(frozen=True)
 class LossWeights:
+    task: float = 1.0  # the weight of KL(p* || p); the curriculum's phases trade it against alignment
     distill: float = 1.0  # λ_d
     align: float = 1.0  # λ_a
     align_kl: float = 1.0  # α
@@ -47,6 +48,6 @@ def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds
         parts["align_kl"] = bernoulli_kl(torch.sigmoid(fulltext_log_odds.detach()), log_odds)
     if hidden is not None and hidden_fulltext is not None:
         parts["align_cos"] = alignment_loss(hidden, hidden_fulltext.detach())
-    total = parts["task"] + weights.distill * parts.get("distill", 0.0) + weights.align * (
+    total = weights.task * parts["task"] + weights.distill * parts.get("distill", 0.0) + weights.align * (
         weights.align_kl * parts.get("align_kl", 0.0) + weights.align_cos * parts.get("align_cos", 0.0))
     return {"total": total, **parts}

@@ -1,0 +1,136 @@
+"""The training stages for real on a tiny bundle: losses fall, the student moves toward the teacher,
+a test split is refused, and a trained bundle loads in the ranker client with the scores it trained to."""
+
+import numpy as np
+import pytest
+import torch
+
+from mixlm.encoders import ItemEncoder
+from mixlm.encoders.bundle import load_bundle
+from mixlm.encoders.lora import LoraConfig
+from mixlm.ranker.client import RankerClient
+from mixlm.ranker.model import MixedInputRanker
+from mixlm.ranker.text_baselines import FullTextRanker
+from mixlm.schemas import ItemEvent
+from mixlm.store import EmbeddingStore
+from mixlm.training.evaluation import SplitLeakError
+from mixlm.training.joint import JointConfig, train_joint
+from mixlm.training.losses import LossWeights, bernoulli_kl
+from mixlm.training.run import LoopConfig
+from mixlm.training.stages import training_sampler
+from mixlm.training.teacher import train_teacher
+
+from .conftest import small_data, teacher_config
+
+QUIET = {"log": lambda line: None}
+
+
+@pytest.fixture(scope="module")
+def groups():
+    dataset, sampler = training_sampler(small_data(), 0, lambda line: None)
+    return dataset, [g for step in range(3) for g in sampler.groups(step, 2)]
+
+
+def _fulltext_log_odds(bundle_dir, dataset, group):
+    bundle = load_bundle(bundle_dir)
+    ranker = FullTextRanker(MixedInputRanker.from_bundle(bundle), max_item_tokens=48)
+    texts = [bundle.config.encoding.format_item(dataset.corpus[d].title, dataset.corpus[d].text)
+             for d in group.doc_ids]
+    return torch.tensor(ranker.score(dataset.queries[group.query_id], texts).log_odds)
+
+
+def _task_loss(bundle_dir, groups):
+    dataset, chosen = groups
+    return np.mean([bernoulli_kl(torch.tensor(g.labels), _fulltext_log_odds(bundle_dir, dataset, g)).item()
+                    for g in chosen])
+
+
+def test_teacher_steps_lower_the_task_loss(base_bundle, teacher_bundle, groups):
+    assert _task_loss(teacher_bundle, groups) < _task_loss(base_bundle, groups) - 0.05
+
+
+def test_a_test_split_is_refused_before_any_training(base_bundle, tmp_path):
+    with pytest.raises(SplitLeakError, match="cannot be used for training"):
+        train_teacher(base_bundle, tmp_path / "leak", teacher_config(split="test"), **QUIET)
+    assert not (tmp_path / "leak" / "checkpoint").exists()
+
+
+def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1):
+    """Distillation and alignment only (task weight 0): the tiny teacher fits its labels poorly, and the
+    task term would pull the student toward the labels rather than toward the teacher."""
+    distill = LossWeights(task=0.0, distill=1.0, align=1.0, align_kl=1.0, align_cos=1.0)
+    config = JointConfig(small_data(), LoopConfig(steps=steps, lr=lr, warmup_steps=1, checkpoint_every=steps,
+                                                  log_every=steps),
+                         n_tokens=n_tokens, encoder_lora=LoraConfig(rank=4, alpha=8.0, top_layers=1),
+                         max_item_tokens=48, distinct_steps=3, fulltext_targets="teacher", phase1_fraction=0.25,
+                         projection_lr_scale=2.0, phase1=distill, phase2=distill)
+    return train_joint(teacher_bundle, run_dir, config, **QUIET).path
+
+
+def _mixed_log_odds(bundle_dir, dataset, group):
+    encoder, ranker = ItemEncoder.from_bundle(bundle_dir), MixedInputRanker.from_bundle(bundle_dir)
+    items = encoder.encode([(dataset.corpus[d].title, dataset.corpus[d].text) for d in group.doc_ids])
+    return torch.tensor(ranker.score(dataset.queries[group.query_id], [i.vectors for i in items]).log_odds)
+
+
+def _distance_to_teacher(student, teacher, groups):
+    dataset, chosen = groups
+    return np.mean([bernoulli_kl(torch.sigmoid(_fulltext_log_odds(teacher, dataset, g)),
+                                 _mixed_log_odds(student, dataset, g)).item() for g in chosen])
+
+
+@pytest.fixture(scope="module")
+def student(teacher_bundle, tmp_path_factory):
+    return _joint(teacher_bundle, tmp_path_factory.mktemp("joint") / "trained", steps=40, lr=1e-2)
+
+
+def test_joint_training_moves_mixed_scores_toward_the_teacher(teacher_bundle, student, groups, tmp_path):
+    untrained = _joint(teacher_bundle, tmp_path / "untrained", steps=1, lr=1e-9)
+    assert _distance_to_teacher(student, teacher_bundle, groups) < 0.5 * _distance_to_teacher(
+        untrained, teacher_bundle, groups)
+
+
+def test_the_student_bundle_records_its_settings_and_stays_small(student, teacher_bundle):
+    bundle = load_bundle(student)
+    bundle.check_encoder_id()
+    assert bundle.encoder_id != load_bundle(teacher_bundle).encoder_id
+    assert sorted(p.name for p in bundle.ranker_dir.iterdir()) == ["adapter.json", "adapter.safetensors", "base.json"]
+    assert sorted(p.name for p in bundle.encoder_dir.iterdir()) == ["adapter.json", "adapter.safetensors", "base.json"]
+
+
+def test_several_embedding_tokens_train_and_load(teacher_bundle, tmp_path):
+    bundle = load_bundle(_joint(teacher_bundle, tmp_path / "ts3", steps=2, lr=1e-3, n_tokens=3))
+    assert (bundle.config.encoding.n_tokens, bundle.config.encoding.pooling) == (3, "last_k")
+    item = ItemEncoder.from_bundle(bundle).encode([("A title", "some text here")])[0]
+    assert item.vectors.shape == (3, bundle.config.ranker.hidden_size)
+
+
+def test_a_trained_bundle_round_trips_into_the_ranker_client(student, groups, tmp_path):
+    dataset, chosen = groups
+    group = chosen[0]
+    bundle = load_bundle(student)
+    encoder = ItemEncoder.from_bundle(bundle)
+    events = [ItemEvent(d, "upsert", 1, dataset.corpus[d].title, dataset.corpus[d].text) for d in group.doc_ids]
+    store = EmbeddingStore.open(tmp_path / "store", create=True)
+    store.put_many(encoder.encode_events(events))
+    served = RankerClient.open(student, tmp_path / "store").score(dataset.queries[group.query_id], group.doc_ids)
+
+    # the models as training held them: adapters separate, not merged into the weights
+    unmerged_encoder = ItemEncoder(bundle.load_encoder("cpu", merge_adapter=False), bundle.encoder_tokenizer,
+                                   bundle.config.encoding, bundle.encoder_id, projection=bundle.load_projection())
+    unmerged_ranker = MixedInputRanker(bundle.load_ranker("cpu", merge_adapter=False), bundle.ranker_tokenizer,
+                                       bundle.config.prompt, bundle.encoder_id)
+    vectors = [i.vectors for i in unmerged_encoder.encode([(e.title, e.text) for e in events])]
+    direct = unmerged_ranker.score(dataset.queries[group.query_id], vectors).log_odds
+    np.testing.assert_allclose([i.log_odds for i in served.items], direct, atol=1e-4)
+    assert [i.item_id for i in served.items] == list(group.doc_ids) and not served.missing
+
+
+def test_a_finished_run_resumes_without_training_again(base_bundle, teacher_bundle, tmp_path):
+    first = train_teacher(base_bundle, tmp_path / "t", teacher_config(steps=2), **QUIET)
+    lines = (tmp_path / "t" / "metrics.jsonl").read_text()
+    again = train_teacher(base_bundle, tmp_path / "t", teacher_config(steps=2), **QUIET)
+    assert (tmp_path / "t" / "metrics.jsonl").read_text() == lines
+    assert again.encoder_id == first.encoder_id
+    assert (again.ranker_dir / "adapter.safetensors").read_bytes() == (
+        first.ranker_dir / "adapter.safetensors").read_bytes()

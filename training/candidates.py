@@ -1,0 +1,91 @@
+"""Candidates per query (BM25 top-K), soft labels from graded judgments, and training groups.
+
+Label mapping: a judged grade ``g`` becomes ``p* = clip(g, 0, max_grade) / max_grade``, where
+``max_grade`` is the highest grade in the split's judgments (binary qrels: 1 -> 1.0; Cranfield's
+0-4: 3 -> 0.75). An unjudged candidate of a judged query is a negative (``p* = 0``).
+
+Training groups add a query's judged relevant documents to its BM25 candidates (so every
+query has positives); evaluation reranks BM25's list alone.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from mixlm.ranker.retrieval import BM25Index
+from mixlm.training.beir import BeirDataset, Document
+
+
+def document_text(doc: Document) -> str:
+    return f"{doc.title} {doc.text}".strip()
+
+
+def bm25_candidates(dataset: BeirDataset, depth: int) -> dict[str, list[tuple[str, float]]]:
+    """Each query's BM25 top-``depth`` over the whole corpus: [(doc id, score)], best first."""
+    ids = list(dataset.corpus)
+    index = BM25Index(ids, [document_text(dataset.corpus[i]) for i in ids])
+    return {qid: [(hit.item_id, hit.score) for hit in index.search(text, depth)]
+            for qid, text in dataset.queries.items()}
+
+
+def max_grade(qrels: dict[str, dict[str, int]]) -> int:
+    return max((g for docs in qrels.values() for g in docs.values()), default=1) or 1
+
+
+def soft_label(grade: int | None, top: int) -> float:
+    """``p*`` of a judged grade (None: unjudged, a negative)."""
+    if grade is None:
+        return 0.0
+    return min(max(grade, 0), top) / top
+
+
+@dataclass(frozen=True)
+class Group:
+    """One query and the candidates one training step scores together."""
+
+    query_id: str
+    doc_ids: tuple[str, ...]
+    labels: tuple[float, ...]
+
+
+class GroupSampler:
+    """Deterministic groups: step ``s`` always yields the same groups for one seed, so runs resume exactly.
+
+    A group holds up to ``positives`` judged relevant documents (sampled) and hard negatives
+    sampled from the query's BM25 candidates, ``size`` in all. Queries are visited in a seeded
+    order, epoch after epoch.
+    """
+
+    def __init__(self, dataset: BeirDataset, candidates: dict[str, list[tuple[str, float]]], *, size: int,
+                 positives: int = 1, seed: int = 0):
+        if size < 2:
+            raise ValueError(f"a training group needs at least 2 candidates, got {size}")
+        self.top = max_grade(dataset.qrels)
+        self.seed, self.size, self.positives = seed, size, positives
+        self.pools = {}
+        for qid, judged in dataset.qrels.items():
+            relevant = sorted(d for d, g in judged.items() if g > 0 and d in dataset.corpus)
+            negatives = [d for d, _ in candidates.get(qid, []) if judged.get(d, 0) <= 0]
+            if relevant and negatives:
+                self.pools[qid] = (relevant, negatives, judged)
+        if not self.pools:
+            raise ValueError(f"{dataset.name}/{dataset.split}: no query has both a relevant document and "
+                             "BM25 negatives to train on")
+        self.order = sorted(self.pools)
+        random.Random(seed).shuffle(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def groups(self, step: int, per_step: int) -> list[Group]:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        out = []
+        for k in range(per_step):
+            qid = self.order[(step * per_step + k) % len(self.order)]
+            relevant, negatives, judged = self.pools[qid]
+            chosen = rng.sample(relevant, min(self.positives, len(relevant)))
+            chosen += rng.sample(negatives, min(self.size - len(chosen), len(negatives)))
+            labels = tuple(soft_label(judged.get(d), self.top) for d in chosen)
+            out.append(Group(qid, tuple(chosen), labels))
+        return out

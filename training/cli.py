@@ -1,0 +1,216 @@
+"""``mixlm train domain|teacher|joint`` and ``mixlm eval``: thin commands over ``mixlm.training``.
+
+Heavy imports happen inside the commands, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mixlm.errors import user_errors
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def data_options(func):
+    """Options every training stage shares: the data, the schedule, the seed."""
+    options = [
+        click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv)"),
+        click.option("--split", default="train", show_default=True,
+                     help="judgments to train on: train or dev (a test split is refused)"),
+        click.option("--bm25-depth", type=click.IntRange(min=1), default=100, show_default=True,
+                     help="hard negatives come from each query's BM25 top-K"),
+        click.option("--group-size", type=click.IntRange(min=2), default=4, show_default=True,
+                     help="candidates per query per step (judged positives + BM25 negatives)"),
+        click.option("--queries-per-step", type=click.IntRange(min=1), default=4, show_default=True),
+        click.option("--max-queries", type=click.IntRange(min=1), default=None,
+                     help="train on the first N judged queries only"),
+        click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True,
+                     help="peak learning rate of the adapters (warmup, then cosine decay)"),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+                     help="run directory: config, metrics, checkpoint, bundle/ (an existing one resumes)"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
+                   checkpoint_every, seed):
+    from mixlm.training.stages import DataConfig
+
+    data = DataConfig(dataset=str(Path(dataset).resolve()), split=split, bm25_depth=bm25_depth,
+                      group_size=group_size, queries_per_step=queries_per_step, max_queries=max_queries)
+    return data, _loop(steps, lr, checkpoint_every, seed)
+
+
+def _loop(steps, lr, checkpoint_every, seed):
+    """The schedule from the command line: a tenth of the steps (at most 10) of warmup, about 20 log lines."""
+    from mixlm.training.run import LoopConfig
+
+    return LoopConfig(steps=steps, lr=lr, warmup_steps=min(10, max(1, steps // 10)),
+                      checkpoint_every=checkpoint_every, log_every=max(1, min(5, steps // 20)), seed=seed)
+
+
+@click.group()
+def train() -> None:
+    """Train the paired encoder and ranker: domain (stage 1, optional), teacher (2), joint (3)."""
+
+
+@train.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the bundle whose ranker becomes the teacher (mixlm bundle init ...)")
+@data_options
+@click.option("--max-item-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="item text tokens the teacher reads (the beginning of longer items)")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lora-layers", type=click.IntRange(min=1), default=10, show_default=True,
+              help="adapt the ranker's last N transformer blocks")
+@user_errors
+def teacher(bundle_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
+            checkpoint_every, seed, run_dir, max_item_tokens, lora_rank, lora_layers) -> None:
+    """Stage 2: fine-tune the ranker on (query, full item text) with KL(p* || p); prints the teacher bundle."""
+    from mixlm.encoders.lora import LoraConfig
+    from mixlm.training.teacher import TeacherConfig, train_teacher
+
+    _quiet_transformers()
+    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
+                                checkpoint_every, seed)
+    config = TeacherConfig(data, loop, LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
+                           max_item_tokens)
+    click.echo(str(train_teacher(bundle_dir, run_dir, config, log=_progress).path))
+
+
+@train.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the bundle whose ranker adapts to the corpus")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False),
+              help="a BEIR-layout folder; only its corpus is read")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--docs-per-step", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
+@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lora-layers", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="run directory (an existing one resumes)")
+@user_errors
+def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank, lora_layers, checkpoint_every, seed,
+           run_dir) -> None:
+    """Stage 1 (optional): adapt the ranker LM to the corpus text; the teacher stage continues its adapter."""
+    from mixlm.encoders.lora import LoraConfig
+    from mixlm.training.domain import DomainConfig, train_domain
+
+    _quiet_transformers()
+    config = DomainConfig(str(Path(dataset).resolve()), _loop(steps, lr, checkpoint_every, seed),
+                          LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
+                          docs_per_step, max_tokens)
+    click.echo(str(train_domain(bundle_dir, run_dir, config, log=_progress).path))
+
+
+@train.command()
+@click.option("--teacher", "teacher_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the teacher bundle ('mixlm train teacher' writes RUN/bundle)")
+@data_options
+@click.option("--n-tokens", type=click.IntRange(min=1), default=1, show_default=True,
+              help="embedding tokens per item (T_S)")
+@click.option("--projection", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True)
+@click.option("--encoder-max-length", type=click.IntRange(min=2), default=None,
+              help="item tokens the encoder reads  [default: the teacher bundle's]")
+@click.option("--encoder-lora-layers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="adapt the encoder's last N blocks")
+@click.option("--max-item-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="full item text tokens for the teacher and alignment targets")
+@click.option("--distinct-steps", type=click.IntRange(min=1), default=None,
+              help="cycle through this many distinct batches (teacher targets are computed for these only)")
+@click.option("--fulltext-targets", type=click.Choice(["live", "teacher"]), default="live", show_default=True,
+              help="same-ranker full-text targets: recomputed each step (live) or the teacher's")
+@click.option("--phase1-fraction", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="share of steps in the alignment-heavy first phase of the curriculum")
+@user_errors
+def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
+          checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers,
+          max_item_tokens, distinct_steps, fulltext_targets, phase1_fraction) -> None:
+    """Stage 3: train encoder, projection and ranker on mixed inputs with distillation and self-alignment.
+
+    Prints the MixLM bundle, which the pipelines and the ranker client load as is.
+    """
+    from mixlm.encoders.lora import LoraConfig
+    from mixlm.training.joint import JointConfig, train_joint
+
+    _quiet_transformers()
+    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
+                                checkpoint_every, seed)
+    config = JointConfig(data, loop, n_tokens=n_tokens, projection=projection, encoder_max_length=encoder_max_length,
+                         encoder_lora=LoraConfig(rank=16, alpha=32.0, top_layers=encoder_lora_layers),
+                         max_item_tokens=max_item_tokens, distinct_steps=distinct_steps,
+                         fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction)
+    click.echo(str(train_joint(teacher_dir, run_dir, config, log=_progress).path))
+
+
+@click.command(name="eval")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False),
+              help="a BEIR-layout folder")
+@click.option("--split", default="test", show_default=True)
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the MixLM bundle (encoder vectors + ranker)")
+@click.option("--teacher", "teacher_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="bundle whose ranker reads text for the full-text and truncated rows  [default: --bundle]")
+@click.option("--rerank-depth", type=click.IntRange(min=1), default=100, show_default=True,
+              help="every method reranks each query's BM25 top-K")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None,
+              help="the first N judged queries only (the text rankers are slow on a CPU)")
+@click.option("--methods", default=",".join(("bm25", "dense", "truncated", "fulltext", "mixlm")), show_default=True,
+              help="comma-separated subset")
+@click.option("--fulltext-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="item tokens the full-text ranker reads")
+@click.option("--truncate-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="item tokens the truncated-text ranker reads")
+@click.option("--save-runs", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="also write every method's scored candidates (TREC run format) to this file")
+@click.option("--output", "-o", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@user_errors
+def evaluate(dataset, split, bundle_dir, teacher_dir, rerank_depth, max_queries, methods, fulltext_tokens,
+             truncate_tokens, save_runs, output) -> None:
+    """NDCG@10 (pytrec_eval) of BM25, dense retrieval vectors, text rankers and MixLM on one split."""
+    from mixlm.output import columns_table, render
+    from mixlm.training.rerank_eval import evaluate as run_evaluation
+
+    _quiet_transformers()
+    report = run_evaluation(dataset, split, bundle_dir, teacher_dir=teacher_dir,
+                            methods=[m.strip() for m in methods.split(",") if m.strip()], depth=rerank_depth,
+                            max_queries=max_queries, fulltext_tokens=fulltext_tokens,
+                            truncate_tokens=truncate_tokens, log=_progress)
+    runs = report.pop("runs")
+    if save_runs:
+        _write_trec_runs(save_runs, runs)
+    rows = [{"method": name, **values} for name, values in report["results"].items()]
+    table = (f"{report['dataset']}/{report['split']}: {report['queries']} queries, reranking BM25 "
+             f"top-{report['rerank_depth']}\n" + columns_table(rows, ("method", "ndcg@10", "seconds")))
+    click.echo(render(report, output, table))
+
+
+def _write_trec_runs(path: Path, runs: dict) -> None:
+    lines = []
+    for method, run in runs.items():
+        for qid, scores in run.items():
+            ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+            lines += [f"{qid} Q0 {doc} {rank} {score:.6f} {method}" for rank, (doc, score) in enumerate(ranked, 1)]
+    path.write_text("\n".join(lines) + "\n")

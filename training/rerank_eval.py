@@ -1,0 +1,121 @@
+"""NDCG@10 of first stages and rerankers on one judged split: what ``mixlm eval`` reports.
+
+Every method ranks the same candidates, each query's BM25 top-``depth`` (judged documents are
+never added): BM25 itself, cosine of the encoder's retrieval vectors, the full-text and the
+truncated-text ranker (the teacher's weights by default), and MixLM (the bundle's encoder
+vectors in its ranker). A document outside a query's candidates is not ranked by any method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mixlm.training.beir import BeirDataset
+from mixlm.training.candidates import bm25_candidates
+from mixlm.training.evaluation import ndcg_at_10
+
+METHODS = ("bm25", "dense", "truncated", "fulltext", "mixlm")
+DEFAULT_TRUNCATE_TOKENS = 64
+
+
+def _item_text(bundle, doc) -> str:
+    return bundle.config.encoding.format_item(doc.title, doc.text)
+
+
+def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, teacher_dir: str | Path | None = None,
+             methods: Sequence[str] = METHODS, depth: int = 100, max_queries: int | None = None,
+             fulltext_tokens: int | None = 256, truncate_tokens: int = DEFAULT_TRUNCATE_TOKENS,
+             log: Callable[[str], None] = lambda line: None) -> dict:
+    """NDCG@10 per method (with seconds spent); ``teacher_dir`` defaults to ``bundle_dir``."""
+    from mixlm.encoders.bundle import load_bundle
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    bundle = load_bundle(bundle_dir)
+    teacher = load_bundle(teacher_dir) if teacher_dir else bundle
+    dataset = BeirDataset.load(dataset_dir, split).limit(max_queries)
+    started = time.monotonic()
+    candidates = bm25_candidates(dataset, depth)
+    log(f"{dataset.name}/{split}: {len(dataset.qrels)} judged queries, BM25 top-{depth} "
+        f"({time.monotonic() - started:.1f} s)")
+    runs: dict[str, dict] = {}
+    seconds: dict[str, float] = {"bm25": time.monotonic() - started}
+    runs["bm25"] = {q: dict(hits) for q, hits in candidates.items()}
+    wanted = [m for m in METHODS if m in methods]
+    if {"dense", "mixlm"} & set(wanted):
+        started = time.monotonic()
+        encoded = _encode_candidates(bundle, dataset, candidates, log)
+        seconds["encode"] = time.monotonic() - started
+        if "dense" in wanted:
+            started = time.monotonic()
+            runs["dense"] = _dense_run(bundle, dataset, candidates, encoded)
+            seconds["dense"] = time.monotonic() - started + seconds["encode"]
+        if "mixlm" in wanted:
+            from mixlm.ranker.model import MixedInputRanker
+
+            ranker = MixedInputRanker.from_bundle(bundle)
+            started = time.monotonic()
+            runs["mixlm"] = _rerank(dataset, candidates, lambda q, docs: ranker.score(
+                q, [encoded[d].vectors for d in docs]).log_odds, "mixlm", log)
+            seconds["mixlm"] = time.monotonic() - started
+    for method, tokens in (("truncated", truncate_tokens), ("fulltext", fulltext_tokens)):
+        if method in wanted:
+            from mixlm.ranker.model import MixedInputRanker
+            from mixlm.ranker.text_baselines import FullTextRanker
+
+            text_ranker = FullTextRanker(MixedInputRanker.from_bundle(teacher), max_item_tokens=tokens)
+            started = time.monotonic()
+            runs[method] = _rerank(dataset, candidates, lambda q, docs, r=text_ranker: r.score(
+                q, [_item_text(teacher, dataset.corpus[d]) for d in docs]).log_odds, method, log)
+            seconds[method] = time.monotonic() - started
+    results = {}
+    for method in ["bm25"] + [m for m in wanted if m != "bm25"]:
+        score = ndcg_at_10(dataset.qrels, runs[method])
+        results[method] = {"ndcg@10": round(score["ndcg@10"], 4), "seconds": round(seconds[method], 1)}
+    return {"dataset": dataset.name, "split": split, "queries": len(dataset.qrels), "rerank_depth": depth,
+            "bundle": str(Path(bundle_dir)), "encoder_id": bundle.encoder_id,
+            "teacher": str(Path(teacher_dir)) if teacher_dir else None,
+            "fulltext_tokens": fulltext_tokens, "truncate_tokens": truncate_tokens, "results": results,
+            "runs": runs}
+
+
+def _encode_candidates(bundle, dataset: BeirDataset, candidates, log) -> dict:
+    from mixlm.encoders import ItemEncoder
+
+    encoder = ItemEncoder.from_bundle(bundle)
+    ids = sorted({d for hits in candidates.values() for d, _ in hits})
+    encoded = {}
+    for start in range(0, len(ids), 256):
+        chunk = ids[start:start + 256]
+        for doc_id, item in zip(chunk, encoder.encode([(dataset.corpus[d].title, dataset.corpus[d].text)
+                                                       for d in chunk]), strict=True):
+            encoded[doc_id] = item
+        log(f"encoded {min(start + 256, len(ids))}/{len(ids)} candidate items")
+    queries = list(dataset.queries)
+    for qid, item in zip(queries, encoder.encode([("", dataset.queries[q]) for q in queries]), strict=True):
+        encoded[("query", qid)] = item
+    return encoded
+
+
+def _dense_run(bundle, dataset, candidates, encoded) -> dict:
+    run = {}
+    for qid, hits in candidates.items():
+        query = encoded[("query", qid)].retrieval_vector
+        run[qid] = {d: float(np.dot(query, encoded[d].retrieval_vector)) for d, _ in hits}
+    return run
+
+
+def _rerank(dataset: BeirDataset, candidates, score: Callable, method: str, log) -> dict:
+    run = {}
+    began = time.monotonic()
+    for count, (qid, hits) in enumerate(candidates.items(), start=1):
+        docs = [d for d, _ in hits]
+        run[qid] = dict(zip(docs, map(float, score(dataset.queries[qid], docs)), strict=True)) if docs else {}
+        if count % 10 == 0 or count == len(candidates):
+            log(f"{method}: {count}/{len(candidates)} queries ({time.monotonic() - began:.0f} s)")
+    return run

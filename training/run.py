@@ -1,0 +1,159 @@
+"""A training run: its directory, resumable checkpoints and the optimisation loop shared by all stages.
+
+A run directory holds ``config.json`` (the stage's settings), ``metrics.jsonl`` (one line per
+logged step), ``checkpoint/`` (the latest trainable tensors, AdamW state and step, as
+safetensors: never pickles) and, when the stage ends, ``bundle/``. Starting a stage on a run
+directory that has a checkpoint resumes it; a different config there is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int = 100
+    lr: float = 2e-4
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    checkpoint_every: int = 25
+    log_every: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("steps, checkpoint_every and log_every must be >= 1")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then cosine decay to a tenth of ``lr``."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RunDir:
+    def __init__(self, path: str | Path, stage: str, config: dict):
+        self.path = Path(path)
+        self.stage = stage
+        self.config = {"stage": stage, **config}
+        stored = self.path / CONFIG_FILE
+        if stored.is_file():
+            previous = json.loads(stored.read_text())
+            if previous != json.loads(json.dumps(self.config)):
+                changed = sorted(k for k in set(previous) | set(self.config)
+                                 if previous.get(k) != json.loads(json.dumps(self.config.get(k))))
+                raise ValueError(f"run directory {self.path} holds a {previous.get('stage')} run with other settings "
+                                 f"({', '.join(changed)} differ); give a new --run directory to start afresh")
+        self.path.mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.path / "bundle"
+
+    def log_metrics(self, row: dict) -> None:
+        with open(self.path / METRICS_FILE, "a") as out:
+            out.write(json.dumps(row) + "\n")
+
+    def save_checkpoint(self, step: int, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+        """Atomically replace ``checkpoint/`` with the state after ``step`` steps."""
+        from safetensors.torch import save_file
+
+        tensors = {f"param/{name}": p.detach().cpu().contiguous() for name, p in params.items()}
+        for name, p in params.items():
+            state = optimizer.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    tensors[f"{key}/{name}"] = state[key].detach().cpu().contiguous()
+        staging = self.path / f".{CHECKPOINT_DIR}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        save_file(tensors, str(staging / "state.safetensors"))
+        (staging / "progress.json").write_text(json.dumps({"step": step}) + "\n")
+        final = self.path / CHECKPOINT_DIR
+        old = self.path / f".{CHECKPOINT_DIR}.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
+        """Restore the latest checkpoint into ``params`` and ``optimizer``; the step to continue from (0: none)."""
+        from safetensors.torch import load_file
+
+        folder = self.path / CHECKPOINT_DIR
+        if not (folder / "progress.json").is_file():
+            return 0
+        step = json.loads((folder / "progress.json").read_text())["step"]
+        tensors = load_file(str(folder / "state.safetensors"))
+        missing = sorted(f"param/{n}" for n in params if f"param/{n}" not in tensors)
+        if missing:
+            raise ValueError(f"checkpoint in {folder} does not match this stage's parameters ({missing[0]} missing)")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[f"param/{name}"])
+                if f"exp_avg/{name}" in tensors:
+                    optimizer.state[p] = {"step": torch.tensor(float(step)),
+                                          "exp_avg": tensors[f"exp_avg/{name}"].to(p.device),
+                                          "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(p.device)}
+        return step
+
+
+def train_loop(run: RunDir, params: dict[str, nn.Parameter], step_fn: Callable[[int], dict[str, float]],
+               loop: LoopConfig, *, log: Callable[[str], None], param_groups: list[dict] | None = None) -> dict:
+    """Run ``step_fn(step)`` (forward and backward; returns its loss parts) from the checkpoint to ``loop.steps``.
+
+    AdamW over ``params`` (or ``param_groups``, each with an ``lr_scale``), gradient clipping,
+    the learning-rate schedule, a metrics line every ``log_every`` steps and a checkpoint every
+    ``checkpoint_every`` steps and at the end. Returns the mean of each loss part over the last log window.
+    """
+    groups = param_groups or [{"params": list(params.values()), "lr_scale": 1.0}]
+    optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=0.0)
+    start = run.load_checkpoint(params, optimizer)
+    if start:
+        log(f"{run.stage}: resuming {run.path} at step {start}/{loop.steps}")
+    window: dict[str, list[float]] = {}
+    began = time.monotonic()
+    for step in range(start, loop.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = loop.lr_at(step) * group["lr_scale"]
+        optimizer.zero_grad(set_to_none=True)
+        parts = step_fn(step)
+        torch.nn.utils.clip_grad_norm_(list(params.values()), loop.grad_clip)
+        optimizer.step()
+        for key, value in parts.items():
+            window.setdefault(key, []).append(value)
+        done = step + 1
+        if done % loop.log_every == 0 or done == loop.steps:
+            means = {key: sum(v) / len(v) for key, v in window.items()}
+            per_step = (time.monotonic() - began) / (done - start)
+            run.log_metrics({"step": done, "lr": loop.lr_at(step), **means, "seconds_per_step": per_step})
+            eta = per_step * (loop.steps - done)
+            log(f"{run.stage}: step {done}/{loop.steps}  " + "  ".join(f"{k} {v:.4f}" for k, v in means.items())
+                + f"  {per_step:.1f} s/step, {eta / 60:.1f} min left")
+            last, window = means, {}
+        if done % loop.checkpoint_every == 0 or done == loop.steps:
+            run.save_checkpoint(done, params, optimizer)
+    return last if start < loop.steps else {}

@@ -1,0 +1,55 @@
+"""What the training stages share: the train split with BM25 candidates, models with trainable adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mixlm.encoders.bundle import Bundle
+from mixlm.encoders.lora import LoraConfig, adapter_config, adapter_parameters, add_lora
+from mixlm.ranker.model import MixedInputRanker
+from mixlm.training.beir import BeirDataset
+from mixlm.training.candidates import GroupSampler, bm25_candidates
+from mixlm.training.evaluation import guard_training_split
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str
+    split: str = "train"
+    bm25_depth: int = 100  # hard negatives come from each query's BM25 top-K
+    group_size: int = 4  # candidates scored together per query
+    positives: int = 1  # judged relevant documents per group (at most)
+    queries_per_step: int = 4
+    max_queries: int | None = None  # use only the first N judged queries of the split
+
+
+def training_sampler(config: DataConfig, seed: int, log) -> tuple[BeirDataset, GroupSampler]:
+    """The split's groups; refuses a test split (``guard_training_split``)."""
+    guard_training_split(config.split)
+    dataset = BeirDataset.load(config.dataset, config.split).limit(config.max_queries)
+    log(f"{dataset.name}/{dataset.split}: {len(dataset.qrels)} judged queries, {len(dataset.corpus)} documents; "
+        f"BM25 top-{config.bm25_depth} candidates")
+    sampler = GroupSampler(dataset, bm25_candidates(dataset, config.bm25_depth), size=config.group_size,
+                           positives=config.positives, seed=seed)
+    return dataset, sampler
+
+
+def trainable(model: nn.Module, lora: LoraConfig, seed: int, log, what: str) -> tuple[nn.Module, list[nn.Parameter]]:
+    """Continue the model's own adapter if it was loaded with one, else add a fresh one (``lora``)."""
+    if adapter_config(model) is not None:
+        log(f"{what}: continuing its adapter ({adapter_config(model)})")
+        return model, adapter_parameters(model)
+    return model, add_lora(model, lora, seed=seed)
+
+
+def training_ranker(bundle: Bundle, lora: LoraConfig, seed: int, log) -> tuple[MixedInputRanker, list[nn.Parameter]]:
+    model = bundle.load_ranker("cpu" if not torch.cuda.is_available() else None, merge_adapter=False)
+    model, params = trainable(model, lora, seed, log, "ranker")
+    return MixedInputRanker(model, bundle.ranker_tokenizer, bundle.config.prompt, bundle.encoder_id), params
+
+
+def named(params: list[nn.Parameter], prefix: str) -> dict[str, nn.Parameter]:
+    return {f"{prefix}.{i}": p for i, p in enumerate(params)}
