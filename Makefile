@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench train eval clean
 
 install: $(STAMP)
 
@@ -33,5 +33,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mixlm bench store
 
+# Reproduces bundles/scifact-ts1 and the bundles of docs/training.md (about 75 minutes on 2 CPU cores).
+train: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/train_scifact.sh
+
+# The evaluations of docs/training.md, after `make train` (JSON in docs/results/).
+eval: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/eval_scifact.sh
+
 clean:
-	rm -rf $(VENV) demo-out bench/results .pytest_cache
+	rm -rf $(VENV) demo-out bench/results runs .pytest_cache

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mixlm.cli import main
+from mixlm.training.beir import BeirDataset
+from mixlm.training.candidates import bm25_candidates
+from mixlm.training.evaluation import ndcg_at_10
+
+from .conftest import SCIFACT
+
+
+@pytest.mark.parametrize("command", [["train"], ["train", "domain"], ["train", "teacher"], ["train", "joint"],
+                                     ["eval"]])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_training_on_a_test_split_is_one_error_line(base_bundle, tmp_path):
+    result = CliRunner().invoke(main, ["train", "teacher", "--bundle", str(base_bundle), "--dataset", str(SCIFACT),
+                                       "--split", "test", "--steps", "1", "--run", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("mixlm: error: split 'test' cannot be used for training")
+    assert "Traceback" not in result.output
+
+
+def test_eval_reports_every_method_and_bm25_matches_pytrec(teacher_bundle, tmp_path):
+    runs = tmp_path / "runs.trec"
+    result = CliRunner().invoke(main, ["eval", "--dataset", str(SCIFACT), "--bundle", str(teacher_bundle),
+                                       "--rerank-depth", "5", "--max-queries", "4", "--fulltext-tokens", "32",
+                                       "--truncate-tokens", "8", "--save-runs", str(runs), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["queries"] == 4 and report["rerank_depth"] == 5
+    assert list(report["results"]) == ["bm25", "dense", "truncated", "fulltext", "mixlm"]
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in report["results"].values())
+    dataset = BeirDataset.load(SCIFACT, "test").limit(4)
+    bm25 = {q: dict(hits) for q, hits in bm25_candidates(dataset, 5).items()}
+    assert report["results"]["bm25"]["ndcg@10"] == pytest.approx(ndcg_at_10(dataset.qrels, bm25)["ndcg@10"], abs=1e-4)
+    lines = runs.read_text().splitlines()
+    assert {line.split()[-1] for line in lines} == set(report["results"])
+    assert len(lines) == 5 * sum(len(bm25[q]) for q in bm25)
+
+
+def test_eval_refuses_an_unknown_method(teacher_bundle):
+    result = CliRunner().invoke(main, ["eval", "--dataset", str(SCIFACT), "--bundle", str(teacher_bundle),
+                                       "--methods", "bm25,colbert"])
+    assert result.exit_code == 1 and "unknown method(s) colbert" in result.output
+
+
+def test_domain_adaptation_lowers_the_lm_loss_and_the_teacher_continues_it(base_bundle, tmp_path):
+    common = ["--bundle", str(base_bundle), "--dataset", str(SCIFACT), "--docs-per-step", "2", "--max-tokens", "32",
+              "--lr", "1e-2", "--lora-layers", "1", "--lora-rank", "4"]
+    result = CliRunner().invoke(main, ["train", "domain", *common, "--steps", "20", "--run", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    losses = [json.loads(line)["lm"] for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-3:]) < sum(losses[:3])
+    adapted = tmp_path / "d" / "bundle"
+    result = CliRunner().invoke(main, ["train", "teacher", "--bundle", str(adapted), "--dataset", str(SCIFACT),
+                                       "--max-queries", "4", "--steps", "1", "--group-size", "2",
+                                       "--queries-per-step", "1", "--max-item-tokens", "16",
+                                       "--run", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert "continuing its adapter" in result.output
