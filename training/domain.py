@@ -24,7 +24,7 @@ from mixlm.training.stages import named, trainable
 class DomainConfig:
     dataset: str
     loop: LoopConfig = field(default_factory=LoopConfig)
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, top_layers=10))
+    ranker_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, top_layers=10))
     docs_per_step: int = 4
     max_tokens: int = 256
 
@@ -40,7 +40,7 @@ def train_domain(bundle_dir: str | Path, run_dir: str | Path, config: DomainConf
     random.Random(config.loop.seed).shuffle(docs)
     log(f"domain: {len(docs)} documents of {Path(config.dataset).name}")
     model, params = trainable(source.load_ranker("cpu" if not torch.cuda.is_available() else None,
-                                                 merge_adapter=False), config.lora, config.loop.seed, log, "ranker")
+                                                 merge_adapter=False), config.ranker_lora, config.loop.seed, log, "ranker")
     tokenizer = source.ranker_tokenizer
     device = next(model.parameters()).device
 

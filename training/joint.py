@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mixlm.encoders.bundle import Bundle, load_bundle
+from mixlm.encoders.bundle import Bundle
 from mixlm.encoders.config import EncodingConfig, ProjectionConfig, default_pooling
 from mixlm.encoders.item_encoder import ItemEncoder
 from mixlm.encoders.lora import LoraConfig
@@ -30,8 +30,8 @@ from mixlm.encoders.projection import init_projection
 from mixlm.training.candidates import Group, GroupSampler
 from mixlm.training.export import write_bundle
 from mixlm.training.losses import LossWeights, mixlm_loss
-from mixlm.training.run import LoopConfig, RunDir, seed_everything, train_loop
-from mixlm.training.stages import DataConfig, named, trainable, training_ranker, training_sampler
+from mixlm.training.run import LoopConfig, train_loop
+from mixlm.training.stages import DataConfig, named, start_ranking_stage, trainable
 from mixlm.training.teacher import item_token_embeddings
 
 TARGETS_FILE = "targets.safetensors"
@@ -138,11 +138,9 @@ def calibrate_projection(projection: torch.nn.Module, pooled: torch.Tensor, targ
 
 def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfig, *, log=print) -> Bundle:
     """Train (or resume) stage 3 from a teacher bundle; writes and returns ``run_dir/bundle``."""
-    seed_everything(config.loop.seed)
-    teacher = load_bundle(teacher_dir)
-    run = RunDir(run_dir, "joint", {"teacher": str(Path(teacher_dir).resolve()), **asdict(config)})
-    dataset, sampler = training_sampler(config.data, config.loop.seed, log)
-    ranker, ranker_params = training_ranker(teacher, config.ranker_lora, config.loop.seed, log)
+    stage = start_ranking_stage("joint", teacher_dir, run_dir, config, log)
+    teacher, run, dataset, sampler, ranker, ranker_params = (stage.source, stage.run, stage.dataset, stage.sampler,
+                                                              stage.ranker, stage.ranker_params)
     per_step = config.data.queries_per_step
 
     def full_text(group: Group) -> list[torch.Tensor]:

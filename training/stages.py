@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from mixlm.encoders.bundle import Bundle
+from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.lora import LoraConfig, adapter_config, adapter_parameters, add_lora
 from mixlm.ranker.model import MixedInputRanker
 from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import GroupSampler, bm25_candidates
 from mixlm.training.evaluation import guard_training_split
+from mixlm.training.run import RunDir, seed_everything
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,31 @@ def training_ranker(bundle: Bundle, lora: LoraConfig, seed: int, log) -> tuple[M
     model = bundle.load_ranker("cpu" if not torch.cuda.is_available() else None, merge_adapter=False)
     model, params = trainable(model, lora, seed, log, "ranker")
     return MixedInputRanker(model, bundle.ranker_tokenizer, bundle.config.prompt, bundle.encoder_id), params
+
+
+@dataclass
+class RankingStage:
+    """What a ranking stage starts from: its source bundle, run directory, groups and trainable ranker."""
+
+    source: Bundle
+    run: RunDir
+    dataset: BeirDataset
+    sampler: GroupSampler
+    ranker: MixedInputRanker
+    ranker_params: list[nn.Parameter]
+
+
+def start_ranking_stage(stage: str, bundle_dir: str | Path, run_dir: str | Path, config, log) -> RankingStage:
+    """Seed, open the run (resuming or refusing other settings), sample groups, load the ranker to train.
+
+    ``config`` is the stage's dataclass with ``data``, ``loop`` and the ranker's ``lora`` settings.
+    """
+    seed_everything(config.loop.seed)
+    source = load_bundle(bundle_dir)
+    run = RunDir(run_dir, stage, {"source": str(Path(bundle_dir).resolve()), **asdict(config)})
+    dataset, sampler = training_sampler(config.data, config.loop.seed, log)
+    ranker, params = training_ranker(source, config.ranker_lora, config.loop.seed, log)
+    return RankingStage(source, run, dataset, sampler, ranker, params)
 
 
 def named(params: list[nn.Parameter], prefix: str) -> dict[str, nn.Parameter]:

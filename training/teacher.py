@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mixlm.encoders.bundle import Bundle, load_bundle
+from mixlm.encoders.bundle import Bundle
 from mixlm.encoders.lora import LoraConfig
 from mixlm.training.export import write_bundle
 from mixlm.training.losses import bernoulli_kl
-from mixlm.training.run import LoopConfig, RunDir, seed_everything, train_loop
-from mixlm.training.stages import DataConfig, named, training_ranker, training_sampler
+from mixlm.training.run import LoopConfig, train_loop
+from mixlm.training.stages import DataConfig, named, start_ranking_stage
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     data: DataConfig
     loop: LoopConfig = field(default_factory=LoopConfig)
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, top_layers=10))
+    ranker_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, top_layers=10))
     max_item_tokens: int = 256  # the item text the teacher reads; longer items keep their beginning
 
 
@@ -30,11 +30,9 @@ def item_token_embeddings(ranker, bundle: Bundle, doc, max_tokens: int):
 
 def train_teacher(bundle_dir: str | Path, run_dir: str | Path, config: TeacherConfig, *, log=print) -> Bundle:
     """Train (or resume) the teacher; writes ``run_dir/bundle`` with the ranker's adapter and returns it."""
-    seed_everything(config.loop.seed)
-    source = load_bundle(bundle_dir)
-    run = RunDir(run_dir, "teacher", {"bundle": str(Path(bundle_dir).resolve()), **asdict(config)})
-    dataset, sampler = training_sampler(config.data, config.loop.seed, log)
-    ranker, params = training_ranker(source, config.lora, config.loop.seed, log)
+    stage = start_ranking_stage("teacher", bundle_dir, run_dir, config, log)
+    source, run, dataset, sampler, ranker, params = (stage.source, stage.run, stage.dataset, stage.sampler,
+                                                      stage.ranker, stage.ranker_params)
     per_step = config.data.queries_per_step
 
     def step(index: int) -> dict[str, float]:

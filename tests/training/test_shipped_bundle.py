@@ -1,0 +1,46 @@
+"""The trained bundle in bundles/: complete, pinned to the published base models, and, where the bases
+are fetched (``mixlm models fetch``), loading to a working encoder and ranker."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mixlm.encoders.base_reference import BASE_FILE
+from mixlm.encoders.bundle import load_bundle
+from mixlm.encoders.lora import read_adapter
+from mixlm.encoders.pretrained import MANIFEST, PRETRAINED, model_dir
+
+SHIPPED = Path(__file__).resolve().parents[2] / "bundles" / "scifact-ts1"
+
+
+def test_the_shipped_bundle_is_complete_and_pinned():
+    bundle = load_bundle(SHIPPED)
+    assert (bundle.config.encoder.base, bundle.config.ranker.base) == ("minilm-l6", "smollm2-135m")
+    for part, name in ((bundle.encoder_dir, "minilm-l6"), (bundle.ranker_dir, "smollm2-135m")):
+        pin = json.loads((part / BASE_FILE).read_text())
+        assert pin == {"pretrained": name, "wheel_sha256": PRETRAINED[name].wheel_sha256}
+        config, tensors = read_adapter(part)
+        for key, tensor in tensors.items():
+            assert tensor.shape[0 if key.endswith("lora_A") else 1] == config.rank, key
+    projection = bundle.load_projection()
+    assert projection.weight.shape == (bundle.config.ranker.hidden_size, bundle.config.encoder.hidden_size)
+    assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 10 * 2**20
+
+
+@pytest.mark.skipif(not all((model_dir(n) / MANIFEST).is_file() for n in ("minilm-l6", "smollm2-135m")),
+                    reason="the base models are not fetched (mixlm models fetch minilm-l6 smollm2-135m)")
+def test_the_shipped_bundle_ranks_a_relevant_abstract_above_an_unrelated_one():
+    from mixlm.encoders import ItemEncoder
+    from mixlm.ranker.model import MixedInputRanker
+
+    bundle = load_bundle(SHIPPED)
+    encoder, ranker = ItemEncoder.from_bundle(bundle, device="cpu"), MixedInputRanker.from_bundle(bundle, device="cpu")
+    items = encoder.encode([
+        ("Vitamin D and bone fractures", "Low serum vitamin D was associated with a higher risk of hip fractures "
+                                         "in a cohort of older adults."),
+        ("Supersonic flow over wings", "Pressure distributions on swept wings at Mach 2 were measured in a wind "
+                                       "tunnel."),
+    ])
+    scores = ranker.score("Vitamin D deficiency increases fracture risk.", [i.vectors for i in items])
+    assert scores.log_odds[0] > scores.log_odds[1]
