@@ -14,14 +14,14 @@ mixlm models fetch smollm2-135m > /dev/null
 
 mixlm train teacher --bundle "$runs/base" --dataset "$data" --steps 160 --lr 5e-4 --run "$runs/teacher"
 
-# Teacher targets are computed once for the 100 distinct batches (1,600 items) and shared by the three runs.
+# Teacher targets are computed once for the 80 distinct batches (1,280 items) and shared by the three runs.
 for ts in 1 4 8; do
   steps=$([ "$ts" = 1 ] && echo 200 || echo 100)
   if [ "$ts" != 1 ] && [ -f "$runs/joint-ts1/targets.safetensors" ] && [ ! -f "$runs/joint-ts$ts/targets.safetensors" ]; then
     mkdir -p "$runs/joint-ts$ts" && cp "$runs/joint-ts1/targets.safetensors" "$runs/joint-ts$ts/"
   fi
   mixlm train joint --teacher "$runs/teacher/bundle" --dataset "$data" --n-tokens "$ts" --steps "$steps" \
-    --distinct-steps 100 --fulltext-targets teacher --lr 5e-4 --run "$runs/joint-ts$ts"
+    --distinct-steps 80 --fulltext-targets teacher --lr 5e-4 --run "$runs/joint-ts$ts"
 done
 
 rm -rf bundles/scifact-ts1

@@ -134,3 +134,23 @@ def test_a_finished_run_resumes_without_training_again(base_bundle, teacher_bund
     assert again.encoder_id == first.encoder_id
     assert (again.ranker_dir / "adapter.safetensors").read_bytes() == (
         first.ranker_dir / "adapter.safetensors").read_bytes()
+
+
+def test_the_beam_backfill_writes_a_trained_bundle_s_vectors(student, tmp_path):
+    from click.testing import CliRunner
+
+    from mixlm.cli import main
+    from mixlm.training.beir import read_corpus
+
+    from .conftest import SCIFACT
+
+    corpus = SCIFACT.parent / "adi" / "corpus.jsonl.gz"
+    result = CliRunner().invoke(main, ["backfill", "--input", str(corpus), "--bundle", str(student),
+                                       "--store", str(tmp_path / "store")])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(student)
+    docs = list(read_corpus(corpus))
+    lookup = EmbeddingStore.open(tmp_path / "store").get_many(bundle.encoder_id, [d.doc_id for d in docs[:3]])
+    expected = ItemEncoder.from_bundle(bundle).encode([(d.title, d.text) for d in docs[:3]])
+    assert lookup.missing == []
+    np.testing.assert_allclose(lookup.vectors, np.stack([e.vectors for e in expected]), atol=1e-4)
