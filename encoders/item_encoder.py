@@ -90,10 +90,11 @@ class ItemEncoder:
     def tokenize(self, items: Sequence[tuple[str, str]]) -> list[TokenizedItem]:
         return self.tokenizer([self.encoding.format_item(title, text) for title, text in items])
 
-    def forward(self, batch: Sequence[TokenizedItem]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Sequence[TokenizedItem], *, project: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """One padded batch: ``(embedding tokens [B, T_S, ranker width], retrieval vectors [B, width])``.
 
         Differentiable (training calls it with autograd on); ``encode`` wraps it for inference.
+        ``project=False`` returns the pooled states before the projection (at the encoder's width).
         """
         width = max(len(item.ids) for item in batch)
         input_ids = torch.full((len(batch), width), self.tokenizer.pad_id, dtype=torch.long)
@@ -104,7 +105,7 @@ class ItemEncoder:
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         pooled = pool(hidden, mask, self.encoding.pooling, self.encoding.n_tokens)
-        vectors = self.projection(pooled.to(self.dtype))
+        vectors = self.projection(pooled.to(self.dtype)) if project else pooled
         return vectors, F.normalize(pool(hidden, mask, "mean")[:, 0], dim=-1)
 
     def encode_events(self, events: Sequence[ItemEvent], *, job_id: str = "",

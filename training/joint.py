@@ -155,13 +155,10 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
                                               config.encoder_lora, config.loop.seed, log, "encoder")
     projection = init_projection(student_config.projection, config.loop.seed)
     encoder = ItemEncoder(encoder_model, teacher.encoder_tokenizer, student_config.encoding, "", projection=projection)
-    encoder.projection.train()
     first = sampler.groups(0, 1)[0]
     with torch.no_grad():
         sample = encoder.tokenize([(dataset.corpus[d].title, dataset.corpus[d].text) for d in first.doc_ids])
-        encoder.projection = torch.nn.Identity()
-        pooled = encoder.forward(sample)[0]
-        encoder.projection = projection
+        pooled = encoder.forward(sample, project=False)[0]
     factor = calibrate_projection(projection, pooled, ranker.embed.weight.float().pow(2).mean().sqrt().item())
     log(f"joint: projection scaled by {factor:.3g} to the ranker's embedding rms")
     projection_params = list(projection.parameters())

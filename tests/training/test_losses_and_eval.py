@@ -75,3 +75,11 @@ def test_split_guard_refuses_test_splits():
     for split in ("test", "Test", "eval"):
         with pytest.raises(SplitLeakError, match="final evaluation"):
             guard_training_split(split)
+
+
+def test_the_task_weight_scales_only_the_task_term():
+    labels, log_odds, teacher = torch.tensor([1.0, 0.0]), torch.tensor([0.2, 0.1]), torch.tensor([1.5, -1.0])
+    full = mixlm_loss(labels, log_odds, teacher_log_odds=teacher, weights=LossWeights(task=1.0, distill=0.5))
+    muted = mixlm_loss(labels, log_odds, teacher_log_odds=teacher, weights=LossWeights(task=0.0, distill=0.5))
+    assert muted["total"].item() == pytest.approx(0.5 * full["distill"].item(), rel=1e-6)
+    assert full["total"].item() == pytest.approx(full["task"].item() + 0.5 * full["distill"].item(), rel=1e-6)
