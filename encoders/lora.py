@@ -41,17 +41,19 @@ class LoraConfig:
 
 
 class LoraLinear(nn.Module):
+    """``base(x) + scale * B A x``; A and B stay float32 whatever the base's dtype (bfloat16 on a GPU)."""
+
     def __init__(self, base: nn.Linear, config: LoraConfig, generator: torch.Generator):
         super().__init__()
         self.base = base
         self.scale = config.scale
         a = torch.randn(config.rank, base.in_features, generator=generator) / base.in_features ** 0.5
-        self.lora_A = nn.Parameter(a.to(base.weight.device, base.weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, device=base.weight.device,
-                                               dtype=base.weight.dtype))
+        self.lora_A = nn.Parameter(a.to(base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, device=base.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
+        delta = (x.to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T) * self.scale
+        return self.base(x) + delta.to(x.dtype)
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scale

@@ -39,8 +39,8 @@ def train_domain(bundle_dir: str | Path, run_dir: str | Path, config: DomainConf
         raise ValueError(f"{config.dataset} has no documents")
     random.Random(config.loop.seed).shuffle(docs)
     log(f"domain: {len(docs)} documents of {Path(config.dataset).name}")
-    model, params = trainable(source.load_ranker("cpu" if not torch.cuda.is_available() else None,
-                                                 merge_adapter=False), config.ranker_lora, config.loop.seed, log, "ranker")
+    model, params = trainable(source.load_ranker(merge_adapter=False), config.ranker_lora, config.loop.seed, log,
+                              "ranker")
     tokenizer = source.ranker_tokenizer
     device = next(model.parameters()).device
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from mixlm.encoders.bundle import Bundle, load_bundle
@@ -48,7 +47,7 @@ def trainable(model: nn.Module, lora: LoraConfig, seed: int, log, what: str) -> 
 
 
 def training_ranker(bundle: Bundle, lora: LoraConfig, seed: int, log) -> tuple[MixedInputRanker, list[nn.Parameter]]:
-    model = bundle.load_ranker("cpu" if not torch.cuda.is_available() else None, merge_adapter=False)
+    model = bundle.load_ranker(merge_adapter=False)
     model, params = trainable(model, lora, seed, log, "ranker")
     return MixedInputRanker(model, bundle.ranker_tokenizer, bundle.config.prompt, bundle.encoder_id), params
 
