@@ -33,7 +33,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mixlm bench store
 
-# Reproduces bundles/scifact-ts1 and the bundles of docs/training.md (about 75 minutes on 2 CPU cores).
+# Reproduces bundles/scifact-ts1 and the bundles of docs/training.md (about 70 minutes on 2 CPU cores).
 train: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/train_scifact.sh
 

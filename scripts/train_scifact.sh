@@ -2,7 +2,7 @@
 # Trains the SciFact bundles of docs/training.md from the pretrained bases, on SciFact train only:
 # stage 2 (the full-text teacher), then stage 3 (joint MixLM) for T_S = 1, 4 and 8; copies the
 # T_S = 1 bundle to bundles/scifact-ts1 (what `make demo` uses). Every stage resumes from its
-# checkpoint when run again. About 75 minutes on 2 CPU cores; a GPU is used when present.
+# checkpoint when run again. About 70 minutes on 2 CPU cores; a GPU is used when present.
 #   RUNS   run directories (default runs/)
 set -euo pipefail
 runs=${RUNS:-runs}
@@ -16,7 +16,7 @@ mixlm train teacher --bundle "$runs/base" --dataset "$data" --steps 160 --lr 5e-
 
 # Teacher targets are computed once for the 80 distinct batches (1,280 items) and shared by the three runs.
 for ts in 1 4 8; do
-  steps=$([ "$ts" = 1 ] && echo 200 || echo 100)
+  steps=$([ "$ts" = 1 ] && echo 200 || echo 50)
   if [ "$ts" != 1 ] && [ -f "$runs/joint-ts1/targets.safetensors" ] && [ ! -f "$runs/joint-ts$ts/targets.safetensors" ]; then
     mkdir -p "$runs/joint-ts$ts" && cp "$runs/joint-ts1/targets.safetensors" "$runs/joint-ts$ts/"
   fi
