@@ -4,11 +4,11 @@
 # on the first 100 SciFact test queries at depth 20 (about 25 minutes); the embedding methods
 # run there too, then on all 300 test queries at depth 100, and zero-shot on Cranfield.
 #   RUNS   run directories (default runs/)
-#   ONLY   run just the named parts (text, mixlm, full, cranfield), space-separated
+#   ONLY   run just the named parts (chance, text, mixlm, full, cranfield), space-separated
 #   TS     the T_S values of the mixlm part (default "1 4 8")
 set -euo pipefail
 runs=${RUNS:-runs}
-only=${ONLY:-text mixlm full cranfield}
+only=${ONLY:-chance text mixlm full cranfield}
 sizes=${TS:-1 4 8}
 out=docs/results
 mkdir -p "$out"
@@ -16,6 +16,14 @@ scifact=(--dataset data/scifact --split test)
 subset=(--rerank-depth 20 --max-queries 100)
 wanted() { [[ " $only " == *" $1 "* ]]; }
 
+if wanted chance; then  # BM25 and random orderings of the same candidates: seconds, no model
+  mixlm eval "${scifact[@]}" "${subset[@]}" --bundle "$runs/joint-ts1/bundle" --methods bm25,random \
+    -o json > "$out/scifact-q100-d20-chance.json"
+  mixlm eval "${scifact[@]}" --rerank-depth 100 --bundle "$runs/joint-ts1/bundle" --methods bm25,random \
+    -o json > "$out/scifact-all-d100-chance.json"
+  mixlm eval --dataset data/cranfield --split test --rerank-depth 100 --bundle "$runs/joint-ts1/bundle" \
+    --methods bm25,random -o json > "$out/cranfield-all-d100-chance.json"
+fi
 if wanted text; then  # the teacher's ranker on item text
   mixlm eval "${scifact[@]}" "${subset[@]}" --bundle "$runs/teacher/bundle" --methods bm25,truncated,fulltext \
     -o json > "$out/scifact-q100-d20-text.json"

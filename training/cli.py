@@ -177,8 +177,8 @@ def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step,
               help="every method reranks each query's BM25 top-K")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="the first N judged queries only (the text rankers are slow on a CPU)")
-@click.option("--methods", default=",".join(("bm25", "dense", "truncated", "fulltext", "mixlm")), show_default=True,
-              help="comma-separated subset")
+@click.option("--methods", default="bm25,random,dense,truncated,fulltext,mixlm", show_default=True,
+              help="comma-separated subset (random: the mean of 20 seeded random orderings)")
 @click.option("--fulltext-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="item tokens the full-text ranker reads")
 @click.option("--truncate-tokens", type=click.IntRange(min=1), default=64, show_default=True,

@@ -1,7 +1,8 @@
 """NDCG@10 of first stages and rerankers on one judged split: what ``mixlm eval`` reports.
 
 Every method ranks the same candidates, each query's BM25 top-``depth`` (judged documents are
-never added): BM25 itself, cosine of the encoder's retrieval vectors, the full-text and the
+never added): BM25 itself, chance (the mean over ``RANDOM_SEEDS`` seeded random orderings, the
+floor any reranker should clear), cosine of the encoder's retrieval vectors, the full-text and the
 truncated-text ranker (the teacher's weights by default), and MixLM (the bundle's encoder
 vectors in its ranker). A document outside a query's candidates is not ranked by any method.
 """
@@ -18,7 +19,8 @@ from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import bm25_candidates
 from mixlm.training.evaluation import ndcg_at_10
 
-METHODS = ("bm25", "dense", "truncated", "fulltext", "mixlm")
+METHODS = ("bm25", "random", "dense", "truncated", "fulltext", "mixlm")
+RANDOM_SEEDS = 20
 DEFAULT_TRUNCATE_TOKENS = 64
 
 
@@ -47,6 +49,7 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
     seconds: dict[str, float] = {"bm25": time.monotonic() - started}
     runs["bm25"] = {q: dict(hits) for q, hits in candidates.items()}
     wanted = [m for m in METHODS if m in methods]
+    random_ndcg = _random_orderings(dataset, candidates, runs) if "random" in wanted else None
     if {"dense", "mixlm"} & set(wanted):
         started = time.monotonic()
         encoded = _encode_candidates(bundle, dataset, candidates, log)
@@ -75,13 +78,26 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
             seconds[method] = time.monotonic() - started
     results = {}
     for method in ["bm25"] + [m for m in wanted if m != "bm25"]:
-        score = ndcg_at_10(dataset.qrels, runs[method])
-        results[method] = {"ndcg@10": round(score["ndcg@10"], 4), "seconds": round(seconds[method], 1)}
+        score = random_ndcg if method == "random" else ndcg_at_10(dataset.qrels, runs[method])["ndcg@10"]
+        results[method] = {"ndcg@10": round(score, 4), "seconds": round(seconds.get(method, 0.0), 1)}
     return {"dataset": dataset.name, "split": split, "queries": len(dataset.qrels), "rerank_depth": depth,
             "bundle": str(Path(bundle_dir)), "encoder_id": bundle.encoder_id,
             "teacher": str(Path(teacher_dir)) if teacher_dir else None,
             "fulltext_tokens": fulltext_tokens, "truncate_tokens": truncate_tokens, "results": results,
             "runs": runs}
+
+
+def _random_orderings(dataset: BeirDataset, candidates, runs: dict) -> float:
+    """Mean NDCG@10 of seeded random orderings of the candidates; the seed-0 run goes into ``runs``."""
+    import random
+
+    scores = []
+    for seed in range(RANDOM_SEEDS):
+        rng = random.Random(seed)
+        run = {q: {d: rng.random() for d, _ in hits} for q, hits in candidates.items()}
+        runs.setdefault("random", run)
+        scores.append(ndcg_at_10(dataset.qrels, run)["ndcg@10"])
+    return sum(scores) / len(scores)
 
 
 def _encode_candidates(bundle, dataset: BeirDataset, candidates, log) -> dict:
