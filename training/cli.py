@@ -9,18 +9,8 @@ from pathlib import Path
 
 import click
 
+from mixlm.encoders.cli import _progress, _quiet_transformers
 from mixlm.errors import user_errors
-
-
-def _progress(line: str) -> None:
-    click.echo(line, err=True)
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
 
 
 def data_options(func):

@@ -56,7 +56,7 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
         seconds["encode"] = time.monotonic() - started
         if "dense" in wanted:
             started = time.monotonic()
-            runs["dense"] = _dense_run(bundle, dataset, candidates, encoded)
+            runs["dense"] = _dense_run(candidates, encoded)
             seconds["dense"] = time.monotonic() - started + seconds["encode"]
         if "mixlm" in wanted:
             from mixlm.ranker.model import MixedInputRanker
@@ -66,12 +66,14 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
             runs["mixlm"] = _rerank(dataset, candidates, lambda q, docs: ranker.score(
                 q, [encoded[d].vectors for d in docs]).log_odds, "mixlm", log)
             seconds["mixlm"] = time.monotonic() - started
-    for method, tokens in (("truncated", truncate_tokens), ("fulltext", fulltext_tokens)):
-        if method in wanted:
-            from mixlm.ranker.model import MixedInputRanker
-            from mixlm.ranker.text_baselines import FullTextRanker
+    text_methods = [(m, t) for m, t in (("truncated", truncate_tokens), ("fulltext", fulltext_tokens)) if m in wanted]
+    if text_methods:
+        from mixlm.ranker.model import MixedInputRanker
+        from mixlm.ranker.text_baselines import FullTextRanker
 
-            text_ranker = FullTextRanker(MixedInputRanker.from_bundle(teacher), max_item_tokens=tokens)
+        teacher_ranker = MixedInputRanker.from_bundle(teacher)  # loaded once for both text methods
+        for method, tokens in text_methods:
+            text_ranker = FullTextRanker(teacher_ranker, max_item_tokens=tokens)
             started = time.monotonic()
             runs[method] = _rerank(dataset, candidates, lambda q, docs, r=text_ranker: r.score(
                 q, [_item_text(teacher, dataset.corpus[d]) for d in docs]).log_odds, method, log)
@@ -118,7 +120,7 @@ def _encode_candidates(bundle, dataset: BeirDataset, candidates, log) -> dict:
     return encoded
 
 
-def _dense_run(bundle, dataset, candidates, encoded) -> dict:
+def _dense_run(candidates, encoded) -> dict:
     run = {}
     for qid, hits in candidates.items():
         query = encoded[("query", qid)].retrieval_vector
