@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,12 +84,12 @@ class EmbeddingStore:
              sync: bool = True) -> EmbeddingStore:
         root = Path(root).expanduser()
         lmdb_dir = root / "lmdb"
-        if not create:
-            if not root.is_dir():
-                raise StoreNotFoundError(f"store directory {root} does not exist")
-            if not (lmdb_dir / "data.mdb").is_file():
+        if not (lmdb_dir / "data.mdb").is_file():
+            if not create:
+                if not root.is_dir():
+                    raise StoreNotFoundError(f"store directory {root} does not exist")
                 raise StoreNotFoundError(f"{root} is not a mixlm store (no lmdb/data.mdb)")
-        lmdb_dir.mkdir(parents=True, exist_ok=True)
+            _create_atomically(lmdb_dir, map_size)
         store = cls(root, open_environment(lmdb_dir, map_size=map_size, sync=sync))
         with store._env.read() as txn:
             found = txn.get(_FORMAT, db=store._meta)
@@ -299,6 +303,30 @@ class EmbeddingStore:
         with self._env.read() as txn:
             cursor = txn.cursor(db=self._records)
             return cursor.set_range(prefix) and bytes(cursor.key()).startswith(prefix)
+
+
+def _create_atomically(lmdb_dir: Path, map_size: int) -> None:
+    """Build a complete environment (data file, named databases, format marker) under a temporary
+    name, then rename it into place: no reader ever sees a store without its format marker.
+
+    When another process wins the race, its store is kept and ours is discarded.
+    """
+    lmdb_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lmdb-creating-", dir=lmdb_dir.parent))
+    try:
+        env = LmdbEnvironment(staging, map_size, sync=True)
+        try:
+            env.write(lambda txn: txn.put(_FORMAT, STORE_FORMAT, db=env.dbs["meta"]))
+        finally:
+            env.env.close()
+        with contextlib.suppress(OSError):
+            lmdb_dir.rmdir()  # an empty leftover of an interrupted creation; a non-empty one stays
+        with contextlib.suppress(OSError):  # the loser of a creation race keeps the winner's store
+            os.rename(staging, lmdb_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not (lmdb_dir / "data.mdb").is_file():
+        raise StoreNotFoundError(f"could not create a store at {lmdb_dir.parent}: {lmdb_dir} is in the way")
 
 
 def _stored_version(value: bytes) -> int:
