@@ -37,6 +37,7 @@ from mixlm.encoders.fingerprint import encoder_fingerprint
 ENCODER_DIR = "encoder"
 RANKER_DIR = "ranker"
 PROJECTION_FILE = "projection.safetensors"
+INTERACTION_FILE = "interaction.safetensors"  # in ranker/: see RankerInputs.interaction
 
 
 class Bundle:
@@ -80,17 +81,25 @@ class Bundle:
 
         return load_model(self.encoder_dir, causal_lm=False, device=device, dtype=dtype, merge_adapter=merge_adapter)
 
-    def load_ranker(self, device=None, dtype=None, *, merge_adapter: bool = True):
-        """The ranker as a causal LM (its LM head gives the yes/no logits)."""
+    def load_ranker(self, device=None, dtype=None, *, merge_adapter: bool = True, with_adapter: bool = True):
+        """The ranker as a causal LM (its LM head gives the yes/no logits); ``with_adapter=False``: its base only."""
         from mixlm.encoders.hf_models import load_model
 
-        return load_model(self.ranker_dir, causal_lm=True, device=device, dtype=dtype, merge_adapter=merge_adapter)
+        return load_model(self.ranker_dir, causal_lm=True, device=device, dtype=dtype, merge_adapter=merge_adapter,
+                          with_adapter=with_adapter)
 
     def load_projection(self):
         """The projection on the CPU in float32 (move it where the encoder runs)."""
         from mixlm.encoders.projection import load_projection
 
         return load_projection(self.config.projection, self.projection_file)
+
+    def load_interaction(self):
+        """The ranker's query-item interaction matrix, float32 on the CPU (``RankerInputs.interaction``)."""
+        from mixlm.encoders.projection import load_interaction
+
+        return load_interaction(self.config.encoder.hidden_size, self.config.ranker.hidden_size,
+                                self.ranker_dir / INTERACTION_FILE)
 
     def fingerprint(self) -> str:
         """The encoder_id the bundle's current files and settings give (hashes the encoder's weights)."""

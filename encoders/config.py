@@ -113,6 +113,43 @@ def _build(cls, data: Any, where: str):
 
 
 @dataclass(frozen=True)
+class RankerInputs:
+    """What the ranker reads besides the prompt's text and each item's embedding tokens.
+
+    ``query_vector``: the query's own embedding tokens (from the bundle's encoder and projection)
+    close the prefix, which every candidate still shares.
+    ``interaction``: each candidate's tokens get ``W (q * d) sqrt(width)`` added, where ``q`` and
+    ``d`` are the query's and the item's normalised retrieval vectors and ``W`` is the ranker's
+    trained interaction matrix (``ranker/interaction.safetensors``). The elementwise product lays
+    the two vectors' agreement out dimension by dimension, which the ranker learns to read in
+    a few hundred steps; a comparison of two separate tokens takes far longer to learn.
+    """
+
+    query_vector: bool = False
+    interaction: bool = False
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The product's final score: ``sum(w * z(feature))`` over the features a request has, where
+    ``z`` standardises a feature over the request's candidates (mean 0, standard deviation 1).
+
+    Features: ``mixlm`` (the ranker's log-odds), ``first_stage`` (the scores the caller passes,
+    BM25 when the weights were fitted) and ``dense`` (cosine of the encoder's query and item
+    retrieval vectors). Without first-stage scores the final score is MixLM's log-odds alone.
+    """
+
+    mixlm: float = 1.0
+    first_stage: float = 0.0
+    dense: float = 0.0
+    fitted_on: str = ""  # where the weights were chosen (never a test split)
+
+    def __post_init__(self) -> None:
+        if min(self.mixlm, self.first_stage, self.dense) < 0:
+            raise ValueError("fusion weights must be >= 0")
+
+
+@dataclass(frozen=True)
 class BundleConfig:
     encoder: ModelInfo
     ranker: ModelInfo
@@ -121,6 +158,8 @@ class BundleConfig:
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
     encoder_id: str = ""  # set when the bundle is sealed
     format: int = BUNDLE_FORMAT
+    inputs: RankerInputs = field(default_factory=RankerInputs)
+    fusion: FusionConfig | None = None  # fitted by training; None: the final score is MixLM alone
 
     def __post_init__(self) -> None:
         if self.ranker.kind != "decoder":
@@ -144,7 +183,10 @@ class BundleConfig:
         if missing:
             raise ValueError(f"mixlm.json lacks {', '.join(missing)}")
         built = {name: _build(kind, data[name], name) for name, kind in parts.items()}
-        rest = {k: v for k, v in data.items() if k not in parts}
+        optional = {"inputs": RankerInputs, "fusion": FusionConfig}
+        built.update({name: _build(kind, data[name], name) for name, kind in optional.items()
+                      if data.get(name) is not None})
+        rest = {k: v for k, v in data.items() if k not in parts and k not in optional}
         return _build(cls, {**rest, **built}, "mixlm.json")
 
     def save(self, bundle_dir: str | Path) -> None:

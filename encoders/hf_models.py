@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,15 +21,28 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls in hardware (AMX or AVX-512 BF16 units).
+
+    Without them bfloat16 is emulated and slower than float32; with them it is 3-4x faster.
+    """
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """The given dtype, else bfloat16 on CUDA and float32 elsewhere."""
+    """The given dtype, else ``$MIXLM_DTYPE``, else bfloat16 on CUDA and on CPUs with bfloat16 units,
+    float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    dtype = dtype or os.environ.get("MIXLM_DTYPE") or None
     if dtype is not None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         return DTYPES[dtype]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bfloat16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def model_files(model_dir: str | Path) -> Path:
@@ -58,12 +72,13 @@ def load_tokenizer(model_dir: str | Path):
 
 
 def load_model(model_dir: str | Path, *, causal_lm: bool, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, merge_adapter: bool = True):
+               dtype: str | torch.dtype | None = None, merge_adapter: bool = True, with_adapter: bool = True):
     """The base model (hidden states) or, with ``causal_lm``, the model with its LM head; in eval mode.
 
     Device and dtype as ``pick_device``/``pick_dtype`` choose them; dtype "auto" keeps the stored one.
     A folder that references a base model (``base_reference``) gets its adapter, if it has one,
-    merged in; with ``merge_adapter=False`` the adapter stays separate and trainable (training).
+    merged in; with ``merge_adapter=False`` the adapter stays separate and trainable (training);
+    with ``with_adapter=False`` only the base model loads.
     """
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -78,7 +93,7 @@ def load_model(model_dir: str | Path, *, causal_lm: bool, device: str | torch.de
     torch_dtype = "auto" if dtype == "auto" else pick_dtype(torch_device, dtype)
     auto = AutoModelForCausalLM if causal_lm else AutoModel
     model = auto.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True, use_safetensors=True)
-    if adapter_dir is not None and has_adapter(adapter_dir):
+    if with_adapter and adapter_dir is not None and has_adapter(adapter_dir):
         apply_adapter(model, adapter_dir, merge=merge_adapter)
     return model.to(torch_device).eval()
 

@@ -74,10 +74,17 @@ class ItemEncoder:
         encoder_id = encoder_fingerprint(Path(model_dir), encoding, ProjectionConfig("identity", width, width), None)
         return cls(model, load_tokenizer(model_dir), encoding, encoder_id, token_budget=token_budget)
 
-    @torch.inference_mode()
     def encode(self, items: Sequence[tuple[str, str]]) -> list[EncodedItem]:
         """Encode ``(title, text)`` pairs in token-budget batches; results follow the input order."""
-        tokenized = self.tokenize(items)
+        return self._encode_tokenized(self.tokenize(items))
+
+    def encode_queries(self, queries: Sequence[str]) -> list[EncodedItem]:
+        """Encode search queries as they are (no item template): a ranker prompt's query tokens and
+        the query side of the dense first stage."""
+        return self._encode_tokenized(self.tokenizer(list(queries)))
+
+    @torch.inference_mode()
+    def _encode_tokenized(self, tokenized: Sequence[TokenizedItem]) -> list[EncodedItem]:
         results: list[EncodedItem | None] = [None] * len(tokenized)
         for batch in token_budget_batches([len(t.ids) for t in tokenized], self.token_budget):
             vectors, retrieval = self.forward([tokenized[i] for i in batch])

@@ -46,12 +46,29 @@ def save_projection(module: nn.Module, path: str | Path) -> None:
 
 
 def load_projection(config: ProjectionConfig, path: str | Path) -> nn.Module:
+    return _load_into(build_projection(config), path, f"a {config.kind} projection {config.in_dim} -> {config.out_dim}")
+
+
+def init_interaction(in_dim: int, out_dim: int, seed: int) -> nn.Module:
+    """The ranker's interaction matrix (``RankerInputs.interaction``), seeded, small: it starts as a nudge."""
+    generator = torch.Generator().manual_seed(seed)
+    module = nn.Linear(in_dim, out_dim, bias=False)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+    return module
+
+
+def load_interaction(in_dim: int, out_dim: int, path: str | Path) -> nn.Module:
+    return _load_into(nn.Linear(in_dim, out_dim, bias=False), path, f"an interaction matrix {in_dim} -> {out_dim}")
+
+
+def _load_into(module: nn.Module, path: str | Path, what: str) -> nn.Module:
     from safetensors.torch import load_file
 
-    module = build_projection(config)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing: the bundle needs {what}")
     try:
         module.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:  # missing or mis-shaped tensors
-        raise ValueError(f"{path} does not hold a {config.kind} projection {config.in_dim} -> {config.out_dim}: "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{path} does not hold {what}: {str(exc).splitlines()[0]}") from None
     return module.eval()

@@ -35,13 +35,13 @@ def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
 @output_option()
 @user_errors
 def rank(bundle_dir, store_path, query, items, candidates, top_k, backend, max_candidates, output):
-    """Rank candidate items for a query with the mixed-input ranker (p(yes), best first)."""
+    """Rank candidate items for a query with the mixed-input ranker (MixLM's log-odds, best first)."""
     from mixlm.ranker.client import RankerClient
 
     ids = _candidate_ids(items, candidates)
     client = RankerClient.open(bundle_dir, store_path, backend=backend, max_candidates=max_candidates)
     result = client.rank(query, ids, top_k)
-    rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.score, 6), "log_odds": round(item.log_odds, 4)}
+    rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.p_yes, 6), "log_odds": round(item.log_odds, 4)}
             for n, item in enumerate(result.items, start=1)]
     table = columns_table(rows, ("rank", "item_id", "p_yes", "log_odds")) if rows else "no candidate was found"
     if result.missing:
@@ -63,7 +63,11 @@ def rank(bundle_dir, store_path, query, items, candidates, top_k, backend, max_c
 @output_option()
 @user_errors
 def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
-    """Retrieve candidates (FAISS over retrieval vectors, or BM25) and rerank them with the ranker."""
+    """Retrieve candidates (FAISS over retrieval vectors, or BM25) and rerank them with the ranker.
+
+    The reranked items are ordered by the bundle's final score: MixLM's log-odds fused with the
+    first-stage scores (plain log-odds for a bundle without fusion weights).
+    """
     from mixlm.ranker.client import RankerClient
     from mixlm.ranker.retrieval import BM25Index, VectorIndex
 
@@ -78,13 +82,15 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     else:
         from mixlm.encoders import ItemEncoder
 
-        query_vector = ItemEncoder.from_bundle(bundle_dir).encode([("", query)])[0].retrieval_vector
+        encoder = client.query_encoder or ItemEncoder.from_bundle(bundle_dir)
+        query_vector = encoder.encode_queries([query])[0].retrieval_vector
         hits = VectorIndex.load(client.store, client.ranker.encoder_id).search(query_vector, k)
     first_stage = {hit.item_id: hit.score for hit in hits}
-    reranked = client.rank(query, [hit.item_id for hit in hits[:rerank]]).items if rerank else []
-    rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.score, 6),
+    reranked = client.rank(query, [hit.item_id for hit in hits[:rerank]], first_stage_scores=first_stage).items \
+        if rerank else []
+    rows = [{"rank": n, "item_id": item.item_id, "score": round(item.score, 4), "p_yes": round(item.p_yes, 6),
              "first_stage": round(first_stage[item.item_id], 4)} for n, item in enumerate(reranked, start=1)]
-    rows += [{"rank": len(rows) + n, "item_id": hit.item_id, "p_yes": None, "first_stage": round(hit.score, 4)}
-             for n, hit in enumerate(hits[rerank:], start=1)]
-    table = columns_table(rows, ("rank", "item_id", "p_yes", "first_stage")) if rows else "nothing found"
+    rows += [{"rank": len(rows) + n, "item_id": hit.item_id, "score": None, "p_yes": None,
+              "first_stage": round(hit.score, 4)} for n, hit in enumerate(hits[rerank:], start=1)]
+    table = columns_table(rows, ("rank", "item_id", "score", "p_yes", "first_stage")) if rows else "nothing found"
     click.echo(render({"query": query, "retriever": retriever, "results": rows}, output, table))

@@ -6,11 +6,15 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from mixlm.encoders.config import FusionConfig
+from mixlm.ranker.fusion import fuse
 from mixlm.ranker.model import MixedInputRanker
 from mixlm.store import EmbeddingStore
 from mixlm.store.errors import StoreError
@@ -25,7 +29,8 @@ class EncoderMismatchError(StoreError):
 @dataclass(frozen=True)
 class ScoredItem:
     item_id: str
-    score: float  # p(yes)
+    score: float  # the final score: MixLM's log-odds, fused with first-stage scores when given
+    p_yes: float
     log_odds: float
 
 
@@ -37,10 +42,25 @@ class RankResult:
     missing: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RankRequest:
+    """One query, its candidate ids and, optionally, their first-stage scores (e.g. BM25)."""
+
+    query: str
+    item_ids: Sequence[str]
+    first_stage_scores: Mapping[str, float] | None = None
+
+
 class RankerClient:
-    def __init__(self, ranker: MixedInputRanker, store: EmbeddingStore, *, encoder_id: str | None = None,
+    def __init__(self, ranker: MixedInputRanker, store: EmbeddingStore, *, query_encoder=None,
+                 fusion: FusionConfig | None = None, encoder_id: str | None = None,
                  max_candidates: int = DEFAULT_MAX_CANDIDATES, backend: str = "amortized"):
-        """``encoder_id`` defaults to the bundle's; embeddings of any other encoder are refused."""
+        """``encoder_id`` defaults to the bundle's; embeddings of any other encoder are refused.
+
+        ``query_encoder`` (the bundle's ``ItemEncoder``) is needed when the ranker reads the query's
+        vectors (``RankerInputs``) or the fusion weighs dense scores; ``fusion`` gives the final
+        score when first-stage scores come.
+        """
         if encoder_id and encoder_id != ranker.encoder_id:
             raise EncoderMismatchError(f"embeddings of encoder {encoder_id} cannot feed this ranker, whose bundle "
                                        f"was trained with encoder {ranker.encoder_id}")
@@ -48,46 +68,92 @@ class RankerClient:
         if not encoder_id and active and active != ranker.encoder_id and ranker.encoder_id not in store.encoders():
             raise EncoderMismatchError(f"the store's active encoder {active} is not the bundle's encoder "
                                        f"{ranker.encoder_id}; backfill with this bundle first")
+        self.uses_dense = bool(fusion and fusion.dense)
+        needs_query = ranker.inputs.query_vector or ranker.inputs.interaction or self.uses_dense
+        if needs_query and query_encoder is None:
+            raise ValueError("this ranker reads the query's vectors: pass the bundle's encoder as query_encoder "
+                             "(RankerClient.open does)")
         self.ranker = ranker
         self.store = store
+        self.query_encoder = query_encoder if needs_query else None
+        self.needs_retrieval = ranker.inputs.interaction or self.uses_dense
+        self.fusion = fusion
         self.max_candidates = max_candidates
         self.backend = backend
 
     @classmethod
     def open(cls, bundle_dir: str | Path, store_path: str | Path, **kwargs) -> RankerClient:
-        return cls(MixedInputRanker.from_bundle(bundle_dir), EmbeddingStore.open(store_path), **kwargs)
+        """The bundle's ranker (and encoder, for query tokens) over the store at ``store_path``."""
+        from mixlm.encoders import ItemEncoder
+        from mixlm.encoders.bundle import load_bundle
 
-    def score(self, query: str, item_ids: Sequence[str]) -> RankResult:
-        """p(yes) per item id, in request order; duplicate ids are scored once."""
-        return self.score_many([(query, item_ids)])[0]
+        bundle = load_bundle(bundle_dir)
+        inputs, fusion = bundle.config.inputs, bundle.config.fusion
+        needs_encoder = inputs.query_vector or inputs.interaction or bool(fusion and fusion.dense)
+        encoder = ItemEncoder.from_bundle(bundle) if needs_encoder else None
+        return cls(MixedInputRanker.from_bundle(bundle), EmbeddingStore.open(store_path), query_encoder=encoder,
+                   fusion=bundle.config.fusion, **kwargs)
 
-    def rank(self, query: str, item_ids: Sequence[str], top_k: int | None = None) -> RankResult:
-        """The ``top_k`` best items by p(yes), best first (the shape of ``CrossEncoder.rank``)."""
-        return _ranked(self.score(query, item_ids), top_k)
+    def score(self, query: str, item_ids: Sequence[str],
+              first_stage_scores: Mapping[str, float] | None = None) -> RankResult:
+        """Scores per item id, in request order; duplicate ids are scored once.
 
-    def score_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[RankResult]:
+        With ``first_stage_scores`` (one per item id, e.g. BM25) ``score`` is the bundle's fused
+        final score; without, it is MixLM's log-odds.
+        """
+        return self.score_many([RankRequest(query, item_ids, first_stage_scores)])[0]
+
+    def rank(self, query: str, item_ids: Sequence[str], top_k: int | None = None,
+             first_stage_scores: Mapping[str, float] | None = None) -> RankResult:
+        """The ``top_k`` best items by final score, best first (the shape of ``CrossEncoder.rank``)."""
+        return _ranked(self.score(query, item_ids, first_stage_scores), top_k)
+
+    def score_many(self, requests: Sequence[RankRequest | tuple[str, Sequence[str]]]) -> list[RankResult]:
         """Several requests in shared forward passes (one prefill of all queries); results in order."""
+        requests = [r if isinstance(r, RankRequest) else RankRequest(*r) for r in requests]
         lookups = []
-        for query, item_ids in requests:
-            unique = list(dict.fromkeys(item_ids))
+        for request in requests:
+            unique = list(dict.fromkeys(request.item_ids))
             if len(unique) > self.max_candidates:
                 raise ValueError(f"{len(unique)} candidates, more than the cap of {self.max_candidates} per request")
-            if not query.strip():
+            if not request.query.strip():
                 raise ValueError("the query is empty")
-            lookups.append(self.store.get_many(self.ranker.encoder_id, unique))
+            if request.first_stage_scores is not None:
+                absent = [i for i in unique if i not in request.first_stage_scores]
+                if absent:
+                    raise ValueError(f"first_stage_scores lacks {len(absent)} of the item ids, e.g. {absent[0]!r}")
+            lookups.append(self.store.get_many(self.ranker.encoder_id, unique, retrieval=self.needs_retrieval))
+        queries = self._query_embeddings([r.query for r in requests])
         if self.backend == "naive":
-            scores = [self.ranker.score(q, list(lookup.vectors), backend="naive")
-                      for (q, _), lookup in zip(requests, lookups, strict=True)]
+            scores = [self.ranker.score(r.query, list(lookup.vectors), backend="naive", query_embedding=query,
+                                        item_retrieval=lookup.retrieval_vectors)
+                      for r, lookup, query in zip(requests, lookups, queries, strict=True)]
         else:
-            scores = self.ranker.score_batch([(q, list(lookup.vectors))
-                                              for (q, _), lookup in zip(requests, lookups, strict=True)])
-        return [RankResult([ScoredItem(item_id, float(p), float(lo)) for item_id, p, lo in
-                            zip(lookup.item_ids, score.p_yes, score.log_odds, strict=True)], lookup.missing)
-                for lookup, score in zip(lookups, scores, strict=True)]
+            scores = self.ranker.score_batch([(r.query, list(lookup.vectors))
+                                              for r, lookup in zip(requests, lookups, strict=True)],
+                                             query_embeddings=queries,
+                                             item_retrievals=[lookup.retrieval_vectors for lookup in lookups])
+        results = []
+        for request, lookup, score, query in zip(requests, lookups, scores, queries, strict=True):
+            first_stage = dense = None
+            if request.first_stage_scores is not None:
+                first_stage = np.array([float(request.first_stage_scores[i]) for i in lookup.item_ids])
+                if self.uses_dense and lookup.item_ids:
+                    dense = lookup.retrieval_vectors.astype(np.float64) @ query.retrieval_vector.astype(np.float64)
+            final = fuse(self.fusion, score.log_odds, first_stage=first_stage, dense=dense)
+            results.append(RankResult([ScoredItem(item_id, float(f), float(p), float(lo)) for item_id, f, p, lo in
+                                       zip(lookup.item_ids, final, score.p_yes, score.log_odds, strict=True)],
+                                      lookup.missing))
+        return results
+
+    def _query_embeddings(self, queries: Sequence[str]) -> list:
+        if self.query_encoder is None:
+            return [None] * len(queries)
+        return self.query_encoder.encode_queries(queries)
 
 
 def _ranked(result: RankResult, top_k: int | None) -> RankResult:
-    ordered = sorted(result.items, key=lambda item: item.log_odds, reverse=True)
+    ordered = sorted(result.items, key=lambda item: item.score, reverse=True)
     return RankResult(ordered[:top_k] if top_k else ordered, result.missing)
 
 
@@ -107,9 +173,10 @@ class RequestBatcher:
         self._worker = threading.Thread(target=self._run, name="mixlm-ranker-batcher", daemon=True)
         self._worker.start()
 
-    def rank(self, query: str, item_ids: Sequence[str], top_k: int | None = None) -> RankResult:
+    def rank(self, query: str, item_ids: Sequence[str], top_k: int | None = None,
+             first_stage_scores: Mapping[str, float] | None = None) -> RankResult:
         done: Future = Future()
-        self._queue.put((query, list(item_ids), top_k, done))
+        self._queue.put((RankRequest(query, list(item_ids), first_stage_scores), top_k, done))
         return done.result()
 
     def close(self) -> None:
@@ -143,13 +210,13 @@ class RequestBatcher:
 
     def _serve(self, batch) -> None:
         try:
-            results = self.client.score_many([(query, ids) for query, ids, _, _ in batch])
+            results = self.client.score_many([request for request, _, _ in batch])
         except Exception:  # noqa: BLE001 - one bad request must not fail the others: serve them alone
             if len(batch) > 1:
                 for request in batch:
                     self._serve([request])
                 return
-            batch[0][3].set_exception(sys.exc_info()[1])
+            batch[0][2].set_exception(sys.exc_info()[1])
             return
-        for (_, _, top_k, done), result in zip(batch, results, strict=True):
+        for (_, top_k, done), result in zip(batch, results, strict=True):
             done.set_result(_ranked(result, top_k))

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.bundle import Bundle, load_bundle
-from mixlm.encoders.config import PromptTemplate
+from mixlm.encoders.config import PromptTemplate, RankerInputs
+from mixlm.encoders.item_encoder import EncodedItem
 
 BACKENDS = ("naive", "amortized")
 DEFAULT_TOKEN_BUDGET = 16_384
@@ -36,15 +38,21 @@ class Scores:
 
 class MixedInputRanker:
     def __init__(self, model: nn.Module, tokenizer, prompt: PromptTemplate, encoder_id: str = "", *,
+                 inputs: RankerInputs | None = None, interaction: nn.Module | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET):
         """``model``: a transformers causal LM (``AutoModelForCausalLM``) on its device and dtype;
-        ``token_budget`` bounds the padded candidate positions of one amortized forward pass."""
+        ``inputs`` and ``interaction`` (retrieval width -> hidden, for ``inputs.interaction``): see
+        ``RankerInputs``; ``token_budget`` bounds the padded candidate positions of one amortized pass."""
+        inputs = inputs or RankerInputs()
+        if inputs.interaction and interaction is None:
+            raise ValueError("the ranker reads query-item interactions but has no interaction weights")
         if prompt.yes_token_id is None or prompt.no_token_id is None:
             raise ValueError("the prompt has no yes/no token ids; seal the bundle first")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.encoder_id = encoder_id
+        self.inputs = inputs
         self.token_budget = token_budget
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
@@ -58,12 +66,14 @@ class MixedInputRanker:
         self.bias = bias
         self.end_ids = torch.tensor(tokenizer.encode(prompt.end, add_special_tokens=False), dtype=torch.long,
                                     device=self.device)
+        self.interaction = interaction.to(self.device) if inputs.interaction else None
 
     @classmethod
     def from_bundle(cls, bundle: Bundle | str | Path, *, device=None, dtype=None) -> MixedInputRanker:
         bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        interaction = bundle.load_interaction() if bundle.config.inputs.interaction else None
         return cls(bundle.load_ranker(device, dtype), bundle.ranker_tokenizer, bundle.config.prompt,
-                   bundle.encoder_id)
+                   bundle.encoder_id, inputs=bundle.config.inputs, interaction=interaction)
 
     @property
     def hidden_size(self) -> int:
@@ -72,6 +82,30 @@ class MixedInputRanker:
     def prefix_ids(self, query: str) -> torch.Tensor:
         text = self.prompt.system + self.prompt.instruction.format(query=query)
         return torch.tensor(self.tokenizer.encode(text, add_special_tokens=True), device=self.device)
+
+    def prefix_embeddings(self, query: str, query_embedding: EncodedItem | None = None) -> torch.Tensor:
+        """``[P, hidden]``: the prompt's tokens, then the query's embedding tokens when the ranker reads them."""
+        tokens = self.embed(self.prefix_ids(query))
+        if not self.inputs.query_vector:
+            return tokens
+        _require(query_embedding, "the query's embedding tokens")
+        return torch.cat([tokens, self._as_tokens(query_embedding.vectors).reshape(-1, self.hidden_size)])
+
+    def candidate_tokens(self, items: Sequence[torch.Tensor | np.ndarray], query_embedding: EncodedItem | None = None,
+                         item_retrieval: Sequence | np.ndarray | torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each candidate's input tokens ``[T_i, hidden]``: its embedding tokens, plus the projected
+        query-item interaction when the ranker reads it (``RankerInputs``)."""
+        tokens = [self._as_tokens(item) for item in items]
+        if not self.inputs.interaction or not tokens:
+            return tokens
+        _require(query_embedding, "the query's retrieval vector")
+        _require(item_retrieval, "the items' retrieval vectors")
+        query = F.normalize(torch.as_tensor(query_embedding.retrieval_vector, device=self.device).float(), dim=-1)
+        if not isinstance(item_retrieval, torch.Tensor):
+            item_retrieval = torch.as_tensor(np.asarray(item_retrieval), device=self.device)
+        products = F.normalize(item_retrieval.float(), dim=-1) * query * query.shape[-1] ** 0.5
+        extra = self.interaction(products.to(self.interaction.weight.dtype))
+        return [token + row.to(self.dtype) for token, row in zip(tokens, extra, strict=True)]
 
     def item_text_embeddings(self, text: str) -> torch.Tensor:
         """The ranker's own token embeddings of ``text``: the text baselines' "item tokens"."""
@@ -86,33 +120,45 @@ class MixedInputRanker:
         log_odds = self.log_odds(last_hidden).cpu().numpy()
         return Scores(log_odds, 1.0 / (1.0 + np.exp(-log_odds)))
 
-    def forward_group(self, query: str, items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_group(self, query: str, items: Sequence[torch.Tensor], query_embedding: EncodedItem | None = None,
+                      item_retrieval: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One query's candidates with autograd on: ``(log_odds [N], last hidden [N, hidden])``.
 
         The training path: the prefix runs once and its cache is repeated for the N candidates,
-        so gradients reach the adapters through the prefix as well as through each candidate.
+        so gradients reach the adapters (and the projection and interaction weights, through the
+        vectors) through the prefix as well as through each candidate.
         """
-        prefix_ids = self.prefix_ids(query)
-        cache = self.model.model(inputs_embeds=self.embed(prefix_ids).unsqueeze(0), use_cache=True).past_key_values
+        prefix = self.prefix_embeddings(query, query_embedding)
+        cache = self.model.model(inputs_embeds=prefix.unsqueeze(0), use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(items))
-        prefix_mask = torch.ones(len(items), prefix_ids.shape[0], dtype=torch.long, device=self.device)
-        hidden = self._candidate_pass(cache, prefix_mask, [self._as_tokens(t) for t in items], self.embed(self.end_ids))
+        prefix_mask = torch.ones(len(items), prefix.shape[0], dtype=torch.long, device=self.device)
+        hidden = self._candidate_pass(cache, prefix_mask, self.candidate_tokens(items, query_embedding, item_retrieval),
+                                      self.embed(self.end_ids))
         return self.log_odds(hidden), hidden
 
     @torch.inference_mode()
-    def score(self, query: str, items: Sequence[torch.Tensor | np.ndarray], *, backend: str = "amortized") -> Scores:
-        """Score ``items`` (each ``[T_i, hidden]`` embedding tokens) against ``query``."""
+    def score(self, query: str, items: Sequence[torch.Tensor | np.ndarray], *, backend: str = "amortized",
+              query_embedding: EncodedItem | None = None, item_retrieval=None) -> Scores:
+        """Score ``items`` (each ``[T_i, hidden]`` embedding tokens) against ``query``.
+
+        ``query_embedding`` (the encoder's ``encode_queries`` output) and ``item_retrieval`` (the
+        items' retrieval vectors) are needed by a ranker that reads them (``RankerInputs``).
+        """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "amortized":
-            return self.score_batch([(query, items)])[0]
+            return self.score_batch([(query, items)], query_embeddings=[query_embedding],
+                                    item_retrievals=[item_retrieval])[0]
         if not items:
             return Scores(np.zeros(0, np.float32), np.zeros(0, np.float32))
-        prefix, end = self.embed(self.prefix_ids(query)), self.embed(self.end_ids)
-        return self._head(torch.stack([self._score_one(torch.cat([prefix, self._as_tokens(t), end])) for t in items]))
+        prefix, end = self.prefix_embeddings(query, query_embedding), self.embed(self.end_ids)
+        tokens = self.candidate_tokens(items, query_embedding, item_retrieval)
+        return self._head(torch.stack([self._score_one(torch.cat([prefix, t, end])) for t in tokens]))
 
     @torch.inference_mode()
-    def score_batch(self, requests: Sequence[tuple[str, Sequence[torch.Tensor | np.ndarray]]]) -> list[Scores]:
+    def score_batch(self, requests: Sequence[tuple[str, Sequence[torch.Tensor | np.ndarray]]], *,
+                    query_embeddings: Sequence[EncodedItem | None] | None = None,
+                    item_retrievals: Sequence | None = None) -> list[Scores]:
         """Several (query, items) requests: one prefill of all queries, then shared candidate passes.
 
         Query prefixes are left-padded to one length (positions count real tokens only); each
@@ -120,7 +166,10 @@ class MixedInputRanker:
         """
         if not requests:
             return []
-        prefixes = [self.embed(self.prefix_ids(query)) for query, _ in requests]
+        query_embeddings = query_embeddings or [None] * len(requests)
+        item_retrievals = item_retrievals or [None] * len(requests)
+        prefixes = [self.prefix_embeddings(query, embedding)
+                    for (query, _), embedding in zip(requests, query_embeddings, strict=True)]
         width = max(p.shape[0] for p in prefixes)
         prefix_batch = torch.zeros(len(prefixes), width, self.hidden_size, dtype=self.dtype, device=self.device)
         prefix_mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=self.device)
@@ -131,7 +180,9 @@ class MixedInputRanker:
         cache = self.model.model(inputs_embeds=prefix_batch, attention_mask=prefix_mask, position_ids=positions,
                                  use_cache=True).past_key_values
         owners = [q for q, (_, items) in enumerate(requests) for _ in items]
-        tokens = [self._as_tokens(item) for _, items in requests for item in items]
+        tokens = [token for (_, items), embedding, retrieval in zip(requests, query_embeddings, item_retrievals,
+                                                                   strict=True)
+                  for token in self.candidate_tokens(items, embedding, retrieval)]
         hidden = self._score_candidates(cache, prefix_mask, owners, tokens, self.embed(self.end_ids))
         scores = self._head(hidden) if tokens else Scores(np.zeros(0, np.float32), np.zeros(0, np.float32))
         out, start = [], 0
@@ -176,3 +227,9 @@ class MixedInputRanker:
                                   attention_mask=torch.cat([prefix_mask, tail_mask], dim=1),
                                   position_ids=positions).last_hidden_state
         return hidden[torch.arange(len(sequences), device=self.device), lengths - 1]
+
+
+def _require(value, what: str) -> None:
+    if value is None:
+        raise ValueError(f"this ranker reads {what}: pass them (RankerClient does, with the bundle's encoder and "
+                         "the store's retrieval vectors)")

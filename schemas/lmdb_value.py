@@ -29,8 +29,8 @@ _CODE_DTYPES = {code: np.dtype(name) for name, code in _DTYPE_CODES.items()}
 HEADER = struct.Struct("<Q4sHBBIIIqIHd32s")
 PAYLOAD_OFFSET = HEADER.size
 _SUMMED_FROM = 8
-# The leading fields a batch lookup needs: checksum, magic, schema version, flags, dtype, T_S, dim.
-_LOOKUP_FIELDS = struct.Struct("<Q4sHBBII")
+# The leading fields a batch lookup needs: checksum, magic, schema version, flags, dtype, T_S, dim, retrieval dim.
+_LOOKUP_FIELDS = struct.Struct("<Q4sHBBIII")
 _CHECKSUM = struct.Struct("<Q")
 
 
@@ -108,20 +108,21 @@ def _verify(value: bytes | memoryview, stored_sum: int) -> None:
         raise CorruptRecordError(f"checksum mismatch (stored {stored_sum:016x}, computed {actual:016x})")
 
 
-def lookup_fields(value: bytes | memoryview) -> tuple[bool, np.dtype, int, int]:
-    """(deleted, dtype, T_S, dim) of a verified value: the lean path of batch lookups."""
+def lookup_fields(value: bytes | memoryview) -> tuple[bool, np.dtype, int, int, int]:
+    """(deleted, dtype, T_S, dim, retrieval dim) of a verified value: the lean path of batch lookups."""
     try:
-        stored_sum, magic, schema_version, flags, dtype_code, n_tokens, dim = _LOOKUP_FIELDS.unpack_from(value)
+        (stored_sum, magic, schema_version, flags, dtype_code, n_tokens, dim,
+         retrieval_dim) = _LOOKUP_FIELDS.unpack_from(value)
         dtype = _CODE_DTYPES[dtype_code]
     except (struct.error, KeyError):
         decode_header(value)  # raises the precise error
         raise
     if (magic != MAGIC or schema_version != SCHEMA_VERSION
-            or len(value) < PAYLOAD_OFFSET + n_tokens * dim * dtype.itemsize):
+            or len(value) < PAYLOAD_OFFSET + (n_tokens * dim + retrieval_dim) * dtype.itemsize):
         decode_header(value)
     if xxhash.xxh3_64_intdigest(memoryview(value)[_SUMMED_FROM:]) != stored_sum:
         _verify(value, stored_sum)
-    return bool(flags & FLAG_DELETED), dtype, n_tokens, dim
+    return bool(flags & FLAG_DELETED), dtype, n_tokens, dim, retrieval_dim
 
 
 def decode_value(value: bytes | memoryview, item_id: str, encoder_id: str) -> EmbeddingRecord:

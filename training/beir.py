@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,3 +86,20 @@ class BeirDataset:
         kept = list(self.qrels)[:max_queries]
         return BeirDataset(self.name, self.split, self.corpus, {q: self.queries[q] for q in kept},
                            {q: self.qrels[q] for q in kept})
+
+    def holdout(self, every: int) -> tuple[BeirDataset, BeirDataset]:
+        """``(rest, dev)``: every ``every``-th query by a hash of its id goes to ``dev``.
+
+        The assignment depends on the query id alone, so it is stable across runs, machines and
+        ``limit``; training stages learn on ``rest`` and make their choices on ``dev``.
+        """
+        if every < 2:
+            raise ValueError(f"holdout needs every >= 2, got {every}")
+        dev = {q for q in self.qrels if int(hashlib.sha256(q.encode()).hexdigest(), 16) % every == 0}
+
+        def part(keep: set[str], suffix: str) -> BeirDataset:
+            return BeirDataset(self.name, f"{self.split}{suffix}", self.corpus,
+                               {q: t for q, t in self.queries.items() if q in keep},
+                               {q: j for q, j in self.qrels.items() if q in keep})
+
+        return part(set(self.qrels) - dev, "-rest"), part(dev, "-dev")

@@ -21,6 +21,20 @@ def document_text(doc: Document) -> str:
     return f"{doc.title} {doc.text}".strip()
 
 
+def merged_candidates(*lists: dict[str, list[tuple[str, float]]]) -> dict[str, list[tuple[str, float]]]:
+    """Interleave several candidate lists per query (rank 1 of each, then rank 2, ...), without repeats."""
+    out = {}
+    for qid in lists[0]:
+        seen: dict[str, float] = {}
+        rankings = [ranking.get(qid, []) for ranking in lists]
+        for rank in range(max(len(r) for r in rankings)):
+            for ranking in rankings:
+                if rank < len(ranking) and ranking[rank][0] not in seen:
+                    seen[ranking[rank][0]] = ranking[rank][1]
+        out[qid] = list(seen.items())
+    return out
+
+
 def bm25_candidates(dataset: BeirDataset, depth: int) -> dict[str, list[tuple[str, float]]]:
     """Each query's BM25 top-``depth`` over the whole corpus: [(doc id, score)], best first."""
     ids = list(dataset.corpus)
@@ -52,17 +66,21 @@ class Group:
 class GroupSampler:
     """Deterministic groups: step ``s`` always yields the same groups for one seed, so runs resume exactly.
 
-    A group holds up to ``positives`` judged relevant documents (sampled) and hard negatives
-    sampled from the query's BM25 candidates, ``size`` in all. Queries are visited in a seeded
-    order, epoch after epoch.
+    A group holds up to ``positives`` judged relevant documents (sampled) and hard negatives,
+    ``size`` in all: the query's first ``fixed_negatives`` candidates every time (the pairs that
+    get teacher targets), the rest sampled from its other candidates. Queries are visited in a
+    seeded order, epoch after epoch.
     """
 
     def __init__(self, dataset: BeirDataset, candidates: dict[str, list[tuple[str, float]]], *, size: int,
-                 positives: int = 1, seed: int = 0):
+                 positives: int = 1, seed: int = 0, fixed_negatives: int = 0):
         if size < 2:
             raise ValueError(f"a training group needs at least 2 candidates, got {size}")
         self.top = max_grade(dataset.qrels)
-        self.seed, self.size, self.positives = seed, size, positives
+        if fixed_negatives > size - 1 - positives:
+            raise ValueError(f"{fixed_negatives} fixed negatives leave no room in groups of {size} with "
+                             f"{positives} positive(s)")
+        self.seed, self.size, self.positives, self.fixed = seed, size, positives, fixed_negatives
         self.pools = {}
         for qid, judged in dataset.qrels.items():
             relevant = sorted(d for d, g in judged.items() if g > 0 and d in dataset.corpus)
@@ -78,6 +96,15 @@ class GroupSampler:
     def __len__(self) -> int:
         return len(self.order)
 
+    def fixed_pairs(self) -> list[Group]:
+        """Per query, its judged relevant documents and its fixed negatives: what teacher targets cover."""
+        out = []
+        for qid in self.order:
+            relevant, negatives, judged = self.pools[qid]
+            docs = tuple(relevant + negatives[:self.fixed])
+            out.append(Group(qid, docs, tuple(soft_label(judged.get(d), self.top) for d in docs)))
+        return out
+
     def groups(self, step: int, per_step: int) -> list[Group]:
         rng = random.Random(self.seed * 1_000_003 + step)
         out = []
@@ -85,7 +112,9 @@ class GroupSampler:
             qid = self.order[(step * per_step + k) % len(self.order)]
             relevant, negatives, judged = self.pools[qid]
             chosen = rng.sample(relevant, min(self.positives, len(relevant)))
-            chosen += rng.sample(negatives, min(self.size - len(chosen), len(negatives)))
+            chosen += negatives[:self.fixed]
+            rest = negatives[self.fixed:]
+            chosen += rng.sample(rest, min(self.size - len(chosen), len(rest)))
             labels = tuple(soft_label(judged.get(d), self.top) for d in chosen)
             out.append(Group(qid, tuple(chosen), labels))
         return out

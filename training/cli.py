@@ -27,6 +27,9 @@ def data_options(func):
         click.option("--queries-per-step", type=click.IntRange(min=1), default=4, show_default=True),
         click.option("--max-queries", type=click.IntRange(min=1), default=None,
                      help="train on the first N judged queries only"),
+        click.option("--holdout-every", type=click.IntRange(min=0), default=8, show_default=True,
+                     help="every N-th query (by a hash of its id) is held out as dev, never trained on; the "
+                          "joint stage fits the fusion weights there (0: none)"),
         click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True,
                      help="peak learning rate of the adapters (warmup, then cosine decay)"),
@@ -40,12 +43,13 @@ def data_options(func):
     return func
 
 
-def _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
+def _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps, lr,
                    checkpoint_every, seed):
     from mixlm.training.stages import DataConfig
 
     data = DataConfig(dataset=str(Path(dataset).resolve()), split=split, bm25_depth=bm25_depth,
-                      group_size=group_size, queries_per_step=queries_per_step, max_queries=max_queries)
+                      group_size=group_size, queries_per_step=queries_per_step, max_queries=max_queries,
+                      holdout_every=holdout_every or None)
     return data, _loop(steps, lr, checkpoint_every, seed)
 
 
@@ -72,15 +76,15 @@ def train() -> None:
 @click.option("--lora-layers", type=click.IntRange(min=1), default=10, show_default=True,
               help="adapt the ranker's last N transformer blocks")
 @user_errors
-def teacher(bundle_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
-            checkpoint_every, seed, run_dir, max_item_tokens, lora_rank, lora_layers) -> None:
+def teacher(bundle_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
+            lr, checkpoint_every, seed, run_dir, max_item_tokens, lora_rank, lora_layers) -> None:
     """Stage 2: fine-tune the ranker on (query, full item text) with KL(p* || p); prints the teacher bundle."""
     from mixlm.encoders.lora import LoraConfig
     from mixlm.training.teacher import TeacherConfig, train_teacher
 
     _quiet_transformers()
-    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
-                                checkpoint_every, seed)
+    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries,
+                                holdout_every, steps, lr, checkpoint_every, seed)
     config = TeacherConfig(data, loop, LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
                            max_item_tokens)
     click.echo(str(train_teacher(bundle_dir, run_dir, config, log=_progress).path))
@@ -124,34 +128,47 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
 @click.option("--projection", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True)
 @click.option("--encoder-max-length", type=click.IntRange(min=2), default=None,
               help="item tokens the encoder reads  [default: the teacher bundle's]")
-@click.option("--encoder-lora-layers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="adapt the encoder's last N blocks")
+@click.option("--encoder-lora-layers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="adapt the encoder's last N blocks (0: the encoder stays frozen and runs once per text)")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
+              help="rank of the ranker's fresh adapter (on every block)")
+@click.option("--query-vector/--no-query-vector", default=True, show_default=True,
+              help="the query's own embedding tokens close the ranker's prefix")
+@click.option("--interaction/--no-interaction", default=True, show_default=True,
+              help="each item token also carries the projected query*item retrieval-vector product")
 @click.option("--max-item-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="full item text tokens for the teacher and alignment targets")
-@click.option("--distinct-steps", type=click.IntRange(min=1), default=None,
-              help="cycle through this many distinct batches (teacher targets are computed for these only)")
-@click.option("--fulltext-targets", type=click.Choice(["live", "teacher"]), default="live", show_default=True,
+@click.option("--teacher-negatives", type=click.IntRange(min=0), default=3, show_default=True,
+              help="per query, the hardest negatives that get teacher targets (with its judged documents)")
+@click.option("--dense-depth", type=click.IntRange(min=1), default=50, show_default=True,
+              help="hard negatives also come from the encoder's own top-K")
+@click.option("--fulltext-targets", type=click.Choice(["live", "teacher"]), default="teacher", show_default=True,
               help="same-ranker full-text targets: recomputed each step (live) or the teacher's")
-@click.option("--phase1-fraction", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+@click.option("--phase1-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="share of steps in the alignment-heavy first phase of the curriculum")
 @user_errors
-def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
-          checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers,
-          max_item_tokens, distinct_steps, fulltext_targets, phase1_fraction) -> None:
-    """Stage 3: train encoder, projection and ranker on mixed inputs with distillation and self-alignment.
+def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
+          lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
+          query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
+          phase1_fraction) -> None:
+    """Stage 3: train projection and ranker (and optionally the encoder) on mixed inputs, with distillation
+    and self-alignment on the pairs the teacher scored; fits the final score's fusion on held-out queries.
 
     Prints the MixLM bundle, which the pipelines and the ranker client load as is.
     """
+    from mixlm.encoders.config import RankerInputs
     from mixlm.encoders.lora import LoraConfig
     from mixlm.training.joint import JointConfig, train_joint
 
     _quiet_transformers()
-    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, steps, lr,
-                                checkpoint_every, seed)
+    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries,
+                                holdout_every, steps, lr, checkpoint_every, seed)
+    encoder_lora = LoraConfig(rank=16, alpha=32.0, top_layers=encoder_lora_layers) if encoder_lora_layers else None
     config = JointConfig(data, loop, n_tokens=n_tokens, projection=projection, encoder_max_length=encoder_max_length,
-                         encoder_lora=LoraConfig(rank=16, alpha=32.0, top_layers=encoder_lora_layers),
-                         max_item_tokens=max_item_tokens, distinct_steps=distinct_steps,
-                         fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction)
+                         encoder_lora=encoder_lora, ranker_lora=LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank),
+                         inputs=RankerInputs(query_vector=query_vector, interaction=interaction),
+                         max_item_tokens=max_item_tokens, teacher_negatives=teacher_negatives,
+                         dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction)
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=_progress).path))
 
 
@@ -167,8 +184,9 @@ def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step,
               help="every method reranks each query's BM25 top-K")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="the first N judged queries only (the text rankers are slow on a CPU)")
-@click.option("--methods", default="bm25,random,dense,truncated,fulltext,mixlm", show_default=True,
-              help="comma-separated subset (random: the mean of 20 seeded random orderings)")
+@click.option("--methods", default="bm25,random,dense,bm25+dense,truncated,fulltext,mixlm,final", show_default=True,
+              help="comma-separated subset (random: the mean of 20 seeded random orderings; final: MixLM fused "
+                   "with BM25's scores by the bundle's fusion weights)")
 @click.option("--fulltext-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="item tokens the full-text ranker reads")
 @click.option("--truncate-tokens", type=click.IntRange(min=1), default=64, show_default=True,
@@ -179,7 +197,7 @@ def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step,
 @user_errors
 def evaluate(dataset, split, bundle_dir, teacher_dir, rerank_depth, max_queries, methods, fulltext_tokens,
              truncate_tokens, save_runs, output) -> None:
-    """NDCG@10 (pytrec_eval) of BM25, dense retrieval vectors, text rankers and MixLM on one split."""
+    """NDCG@10 (pytrec_eval) of BM25, dense retrieval vectors, text rankers, MixLM and the final score on one split."""
     from mixlm.output import columns_table, render
     from mixlm.training.rerank_eval import evaluate as run_evaluation
 

@@ -15,7 +15,15 @@ from pathlib import Path
 from torch import nn
 
 from mixlm.encoders.base_reference import BASE_FILE, is_reference, write_reference
-from mixlm.encoders.bundle import ENCODER_DIR, PROJECTION_FILE, RANKER_DIR, Bundle, load_bundle, seal_bundle
+from mixlm.encoders.bundle import (
+    ENCODER_DIR,
+    INTERACTION_FILE,
+    PROJECTION_FILE,
+    RANKER_DIR,
+    Bundle,
+    load_bundle,
+    seal_bundle,
+)
 from mixlm.encoders.config import BundleConfig
 from mixlm.encoders.lora import adapter_config, save_adapter
 from mixlm.encoders.projection import save_projection
@@ -37,7 +45,8 @@ def _write_part(source_dir: Path, target_dir: Path, model: nn.Module | None) -> 
 
 
 def write_bundle(out_dir: str | Path, source: Bundle, config: BundleConfig, *, encoder: nn.Module | None = None,
-                 ranker: nn.Module | None = None, projection: nn.Module | None = None) -> Bundle:
+                 ranker: nn.Module | None = None, projection: nn.Module | None = None,
+                 interaction: nn.Module | None = None) -> Bundle:
     """``source`` with the given trained parts (unmerged adapters) and settings, sealed, at ``out_dir``."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +55,10 @@ def write_bundle(out_dir: str | Path, source: Bundle, config: BundleConfig, *, e
         staging.mkdir()
         _write_part(source.encoder_dir, staging / ENCODER_DIR, encoder)
         _write_part(source.ranker_dir, staging / RANKER_DIR, ranker)
+        if interaction is not None:
+            save_projection(interaction, staging / RANKER_DIR / INTERACTION_FILE)
+        elif config.inputs.interaction and not (staging / RANKER_DIR / INTERACTION_FILE).exists():
+            shutil.copy2(source.ranker_dir / INTERACTION_FILE, staging / RANKER_DIR / INTERACTION_FILE)
         if projection is None:
             shutil.copy2(source.projection_file, staging / PROJECTION_FILE)
         else:

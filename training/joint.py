@@ -1,60 +1,79 @@
-"""Stage 3: the encoder (+ projection) and the ranker trained together on mixed inputs.
+"""Stage 3: the projection and the ranker (and, optionally, the encoder) trained on mixed inputs.
 
-The ranker starts from the teacher's weights (its adapter continues training); the encoder
-gets a fresh adapter on its last blocks and a new projection to the ranker's width. The loss
-(``losses.mixlm_loss``) adds to the task term the teacher's full-text scores (distillation)
-and the same ranker's full-text scores and last hidden states (self-alignment). A two-phase
-curriculum first weights alignment, then the task.
+The student ranker reads ``[prompt + query text][query tokens][item tokens][end]`` (see
+``RankerInputs``): the query's own vectors close the shared prefix, and each item token carries
+the projected elementwise product of the query's and the item's retrieval vectors besides the
+item's projected vector. It starts from the base ranker with a fresh adapter on every block;
+the teacher teaches through its targets.
 
-Teacher targets are computed once, before training, for every (query, item) the run will see
-(``targets.safetensors`` in the run directory, so a resumed run does not recompute them).
-``fulltext_targets="live"`` computes the same-ranker full-text targets with the current
-ranker at every step, as the paper does; ``"teacher"`` reuses the teacher's, which saves a
-full-text forward pass per item and is exact at the start of the stage.
+The loss (``losses.mixlm_loss``) is listwise (softmax over each group) plus pointwise on the
+gold labels, plus distillation of the teacher's full-text scores and self-alignment to its
+last hidden states on the pairs the teacher scored: each training query's judged documents
+and its ``teacher_negatives`` hardest negatives (``targets.safetensors`` in the run directory,
+computed once). The other negatives of a group, sampled from BM25's and the encoder's own
+top candidates, have gold labels only: the student is ~100x cheaper per pair than the teacher,
+so most pairs go to it.
+
+With the encoder frozen (the default, ``encoder_lora=None``) its pooled states and retrieval
+vectors are computed once for the corpus and the queries (``encoded.safetensors``), so a step
+costs only the ranker's few positions per candidate. After training, MixLM scores the held-out
+dev queries and the final score's fusion weights are fitted there (``dev.json``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
-from mixlm.encoders.bundle import Bundle
-from mixlm.encoders.config import EncodingConfig, ProjectionConfig, default_pooling
-from mixlm.encoders.item_encoder import ItemEncoder
-from mixlm.encoders.lora import LoraConfig
-from mixlm.encoders.projection import init_projection
-from mixlm.training.candidates import Group, GroupSampler
+from mixlm.encoders.bundle import Bundle, load_bundle
+from mixlm.encoders.config import EncodingConfig, ProjectionConfig, RankerInputs, default_pooling
+from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
+from mixlm.encoders.lora import LoraConfig, add_lora
+from mixlm.encoders.projection import init_interaction, init_projection
+from mixlm.ranker.model import MixedInputRanker
+from mixlm.training.beir import BeirDataset
+from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, merged_candidates
 from mixlm.training.export import write_bundle
+from mixlm.training.fusion_fit import fit_fusion
 from mixlm.training.losses import LossWeights, mixlm_loss
-from mixlm.training.run import LoopConfig, train_loop
-from mixlm.training.stages import DataConfig, named, start_ranking_stage, trainable
+from mixlm.training.run import LoopConfig, RunDir, seed_everything, train_loop
+from mixlm.training.stages import DataConfig, named, trainable, training_data
 from mixlm.training.teacher import item_token_embeddings
 
 TARGETS_FILE = "targets.safetensors"
+ENCODED_FILE = "encoded.safetensors"
+DEV_REPORT = "dev.json"
 FULLTEXT_TARGETS = ("live", "teacher")
+DEV_RERANK_DEPTH = 100
 
 
 @dataclass(frozen=True)
 class JointConfig:
     data: DataConfig
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=5e-4))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=2e-3))
     n_tokens: int = 1  # T_S
     pooling: str | None = None  # default: last_k for T_S > 1, else the encoder kind's default
     projection: str = "linear"
     encoder_max_length: int | None = None  # default: the teacher bundle's
-    encoder_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=16, alpha=32.0, top_layers=2))
-    ranker_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, top_layers=10))
-    projection_lr_scale: float = 4.0
+    encoder_lora: LoraConfig | None = None  # None: the encoder stays frozen and is run once per text
+    ranker_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=16, alpha=32.0))
+    projection_lr_scale: float = 1.0  # the projection's and interaction's learning rate, relative
+    inputs: RankerInputs = field(default_factory=lambda: RankerInputs(query_vector=True, interaction=True))
+    end: str = " Relevant"  # the prompt's end: one token, so a candidate costs T_S + 1 positions
     max_item_tokens: int = 256  # full item text for the teacher and alignment targets
-    distinct_steps: int | None = None  # steps cycle through this many distinct batches of groups (None: steps)
-    fulltext_targets: str = "live"
-    phase1_fraction: float = 0.3
-    phase1: LossWeights = LossWeights(task=0.2, distill=0.5, align=2.0, align_kl=1.0, align_cos=1.0)
-    phase2: LossWeights = LossWeights(task=1.0, distill=1.0, align=0.5, align_kl=1.0, align_cos=1.0)
+    teacher_negatives: int = 3  # per query, the hardest negatives that get teacher targets (with its positives)
+    dense_depth: int = 50  # hard negatives also come from the encoder's own top-K
+    fulltext_targets: str = "teacher"
+    phase1_fraction: float = 0.0
+    phase1: LossWeights = LossWeights(task=0.2, listwise=1.0, distill=0.5, align=1.0, align_kl=1.0, align_cos=1.0)
+    phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.2, align=0.1, align_kl=1.0, align_cos=1.0)
 
     def __post_init__(self) -> None:
         if self.fulltext_targets not in FULLTEXT_TARGETS:
@@ -62,12 +81,12 @@ class JointConfig:
                              f"got {self.fulltext_targets!r}")
         if not 0 <= self.phase1_fraction <= 1:
             raise ValueError(f"phase1_fraction must be in [0, 1], got {self.phase1_fraction}")
+        if self.fulltext_targets == "live" and self.inputs.interaction:
+            raise ValueError("live full-text targets need a ranker without query-item interactions: the "
+                             "interaction belongs to embedding tokens, not to text")
 
     def weights_at(self, step: int) -> LossWeights:
         return self.phase1 if step < self.phase1_fraction * self.loop.steps else self.phase2
-
-    def batch_index(self, step: int) -> int:
-        return step % (self.distinct_steps or self.loop.steps)
 
 
 def _student_bundle_config(teacher: Bundle, config: JointConfig):
@@ -76,7 +95,9 @@ def _student_bundle_config(teacher: Bundle, config: JointConfig):
     encoding = EncodingConfig(config.pooling or default_pooling(encoder.kind, config.n_tokens), config.n_tokens,
                               config.encoder_max_length or encoding.max_length, encoding.item_template)
     projection = ProjectionConfig(config.projection, encoder.hidden_size, teacher.config.ranker.hidden_size)
-    return dataclasses.replace(teacher.config, encoding=encoding, projection=projection, encoder_id="")
+    prompt = dataclasses.replace(teacher.config.prompt, end=config.end)
+    return dataclasses.replace(teacher.config, encoding=encoding, projection=projection, prompt=prompt,
+                               inputs=config.inputs, fusion=None, encoder_id="")
 
 
 class TeacherTargets:
@@ -111,9 +132,15 @@ class TeacherTargets:
                 self.log_odds.append(log_odds[row].detach().float().cpu())
                 self.hidden.append(hidden[row].detach().float().cpu())
 
-    def get(self, group: Group) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.index[self.key(group.query_id, d)] for d in group.doc_ids]
-        return torch.stack([self.log_odds[r] for r in rows]), torch.stack([self.hidden[r] for r in rows])
+    def get(self, group: Group) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(log_odds [N], hidden [N, H])`` with NaN rows for uncovered candidates; None when none is covered."""
+        rows = [self.index.get(self.key(group.query_id, d)) for d in group.doc_ids]
+        if all(r is None for r in rows):
+            return None
+        width = self.hidden[next(r for r in rows if r is not None)].shape[0]
+        nan = torch.full((width,), float("nan"))
+        return (torch.stack([self.log_odds[r] if r is not None else nan[0] for r in rows]),
+                torch.stack([self.hidden[r] if r is not None else nan for r in rows]))
 
     def save(self) -> None:
         from safetensors.torch import save_file
@@ -123,6 +150,51 @@ class TeacherTargets:
         save_file({"log_odds": torch.stack(self.log_odds), "hidden": torch.stack(self.hidden)}, str(tmp),
                   metadata={"keys": json.dumps(keys)})
         tmp.replace(self.path)
+
+
+class EncodedTexts:
+    """The frozen encoder's pooled states ``[T_S, width]`` and retrieval vectors of texts, by key, cached in the run."""
+
+    def __init__(self, keys: list[str], pooled: torch.Tensor, retrieval: torch.Tensor):
+        self.row = {key: n for n, key in enumerate(keys)}
+        self.keys, self.pooled, self.retrieval = keys, pooled, retrieval
+
+    @classmethod
+    def build(cls, path: Path, encoder: ItemEncoder, texts: dict[str, str], *, log) -> EncodedTexts:
+        """Encode ``texts`` (key -> text, items already formatted by their template), or load them from ``path``."""
+        from safetensors.torch import load_file, save_file
+
+        if path.is_file():
+            stored = load_file(str(path))
+            keys = json.loads(path.with_suffix(".json").read_text())
+            if keys == list(texts):
+                return cls(keys, stored["pooled"], stored["retrieval"])
+        keys = list(texts)
+        pooled, retrieval = [], []
+        chunk = 256
+        with torch.no_grad():
+            for start in range(0, len(keys), chunk):
+                part = keys[start:start + chunk]
+                tokenized = [encoder.tokenizer([texts[k]])[0] for k in part]
+                for batch in _budget_batches(tokenized, encoder.token_budget):
+                    states, vectors = encoder.forward([tokenized[i] for i in batch], project=False)
+                    pooled += list(states.float().cpu())
+                    retrieval += list(vectors.float().cpu())
+                log(f"joint: encoded {min(start + chunk, len(keys))}/{len(keys)} texts with the frozen encoder")
+        encoded = cls(keys, torch.stack(pooled), torch.stack(retrieval))
+        save_file({"pooled": encoded.pooled, "retrieval": encoded.retrieval}, str(path))
+        path.with_suffix(".json").write_text(json.dumps(keys))
+        return encoded
+
+    def get(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.row[k] for k in keys]
+        return self.pooled[rows], self.retrieval[rows]
+
+
+def _budget_batches(tokenized, budget: int) -> list[list[int]]:
+    from mixlm.encoders.batching import token_budget_batches
+
+    return token_budget_batches([len(t.ids) for t in tokenized], budget)
 
 
 def calibrate_projection(projection: torch.nn.Module, pooled: torch.Tensor, target_rms: float) -> float:
@@ -136,46 +208,98 @@ def calibrate_projection(projection: torch.nn.Module, pooled: torch.Tensor, targ
     return factor
 
 
+def _dense_candidates(encoded: EncodedTexts, queries: list[str], doc_ids: list[str], depth: int) -> dict:
+    """Each query's top-``depth`` documents by cosine of the encoder's retrieval vectors."""
+    _, docs = encoded.get([f"doc:{d}" for d in doc_ids])
+    out = {}
+    for qid in queries:
+        _, query = encoded.get([f"query:{qid}"])
+        scores = (docs @ query[0]).numpy()
+        top = np.argsort(-scores)[:depth]
+        out[qid] = [(doc_ids[i], float(scores[i])) for i in top]
+    return out
+
+
+def _fresh_student_ranker(teacher: Bundle, prompt, config: JointConfig, log) -> tuple[MixedInputRanker, list]:
+    """The base ranker (without the teacher's adapter) with a fresh adapter on every block."""
+    model = teacher.load_ranker(merge_adapter=False, with_adapter=False)
+    params = add_lora(model, config.ranker_lora, seed=config.loop.seed)
+    log(f"ranker: fresh adapter ({config.ranker_lora})")
+    interaction = init_interaction(teacher.config.encoder.hidden_size, teacher.config.ranker.hidden_size,
+                                   config.loop.seed) if config.inputs.interaction else None
+    return MixedInputRanker(model, teacher.ranker_tokenizer, prompt, "", inputs=config.inputs,
+                            interaction=interaction), params
+
+
 def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfig, *, log=print) -> Bundle:
     """Train (or resume) stage 3 from a teacher bundle; writes and returns ``run_dir/bundle``."""
-    stage = start_ranking_stage("joint", teacher_dir, run_dir, config, log)
-    teacher, run, dataset, sampler, ranker, ranker_params = (stage.source, stage.run, stage.dataset, stage.sampler,
-                                                              stage.ranker, stage.ranker_params)
-    per_step = config.data.queries_per_step
-
-    def full_text(group: Group) -> list[torch.Tensor]:
-        return [item_token_embeddings(ranker, teacher, dataset.corpus[d], config.max_item_tokens)
-                for d in group.doc_ids]
-
-    targets = TeacherTargets(run.path / TARGETS_FILE)
-    _precompute_targets(targets, sampler, config, ranker, dataset, full_text, log)
-
+    seed_everything(config.loop.seed)
+    teacher = load_bundle(teacher_dir)
+    run = RunDir(run_dir, "joint", {"source": str(Path(teacher_dir).resolve()), **dataclasses.asdict(config)})
+    dataset, dev = training_data(config.data, log)
     student_config = _student_bundle_config(teacher, config)
-    encoder_model, encoder_params = trainable(teacher.load_encoder(ranker.device, merge_adapter=False),
-                                              config.encoder_lora, config.loop.seed, log, "encoder")
-    projection = init_projection(student_config.projection, config.loop.seed)
-    encoder = ItemEncoder(encoder_model, teacher.encoder_tokenizer, student_config.encoding, "", projection=projection)
-    first = sampler.groups(0, 1)[0]
-    with torch.no_grad():
-        sample = encoder.tokenize([(dataset.corpus[d].title, dataset.corpus[d].text) for d in first.doc_ids])
-        pooled = encoder.forward(sample, project=False)[0]
-    factor = calibrate_projection(projection, pooled, ranker.embed.weight.float().pow(2).mean().sqrt().item())
+    ranker, ranker_params = _fresh_student_ranker(teacher, student_config.prompt, config, log)
+    device = ranker.device
+
+    encoder_model = teacher.load_encoder(device, merge_adapter=False)
+    encoder_params: list[nn.Parameter] = []
+    if config.encoder_lora is not None:
+        encoder_model, encoder_params = trainable(encoder_model, config.encoder_lora, config.loop.seed, log,
+                                                  "encoder")
+    else:
+        encoder_model.requires_grad_(False)
+    encoder = ItemEncoder(encoder_model, teacher.encoder_tokenizer, student_config.encoding, "")
+    queries = {**dataset.queries, **(dev.queries if dev else {})}
+    doc_ids = list(dataset.corpus)
+    texts = {f"doc:{d}": student_config.encoding.format_item(dataset.corpus[d].title, dataset.corpus[d].text)
+             for d in doc_ids}
+    texts.update({f"query:{q}": text for q, text in queries.items()})
+    encoded = EncodedTexts.build(run.path / ENCODED_FILE, encoder, texts, log=log)
+
+    bm25 = bm25_candidates(dataset, config.data.bm25_depth)
+    dense = _dense_candidates(encoded, list(dataset.queries), doc_ids, config.dense_depth)
+    sampler = GroupSampler(dataset, merged_candidates(bm25, dense), size=config.data.group_size,
+                           positives=config.data.positives, seed=config.loop.seed,
+                           fixed_negatives=config.teacher_negatives)
+    targets = TeacherTargets(run.path / TARGETS_FILE)
+    _precompute_targets(targets, sampler.fixed_pairs(), teacher, config, dataset, log)
+
+    projection = init_projection(student_config.projection, config.loop.seed).to(device)
+    sample_pooled, _ = encoded.get([f"doc:{d}" for d in doc_ids[:64]])
+    factor = calibrate_projection(projection, sample_pooled.to(device),
+                                  ranker.embed.weight.float().pow(2).mean().sqrt().item())
     log(f"joint: projection scaled by {factor:.3g} to the ranker's embedding rms")
-    projection_params = list(projection.parameters())
+    extra_params = list(projection.parameters()) + (list(ranker.interaction.parameters())
+                                                    if ranker.interaction is not None else [])
+
+    def inputs_for(keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled states and retrieval vectors: live (trainable encoder) or from the cache."""
+        if not encoder_params:
+            pooled, retrieval = encoded.get(keys)
+            return pooled.to(device), retrieval.to(device)
+        tokenized = [encoder.tokenizer([texts[k]])[0] for k in keys]
+        return encoder.forward(tokenized, project=False)
+
+    per_step = config.data.queries_per_step
 
     def step(index: int) -> dict[str, float]:
         weights = config.weights_at(index)
         sums: dict[str, float] = {}
-        for group in sampler.groups(config.batch_index(index), per_step):
-            docs = [dataset.corpus[d] for d in group.doc_ids]
-            vectors, _ = encoder.forward(encoder.tokenize([(d.title, d.text) for d in docs]))
-            log_odds, hidden = ranker.forward_group(dataset.queries[group.query_id], list(vectors))
-            teacher_odds, teacher_hidden = targets.get(group)
+        for group in sampler.groups(index, per_step):
+            pooled, retrieval = inputs_for([f"query:{group.query_id}"] + [f"doc:{d}" for d in group.doc_ids])
+            vectors = projection(pooled.float())
+            query = EncodedItem(vectors[0], retrieval[0], 0, False)
+            log_odds, hidden = ranker.forward_group(dataset.queries[group.query_id], list(vectors[1:]), query,
+                                                    retrieval[1:])
+            teacher_targets = targets.get(group)
+            teacher_odds, teacher_hidden = teacher_targets if teacher_targets else (None, None)
+            full_odds, full_hidden = teacher_odds, teacher_hidden
             if config.fulltext_targets == "live":
                 with torch.no_grad():
-                    full_odds, full_hidden = ranker.forward_group(dataset.queries[group.query_id], full_text(group))
-            else:
-                full_odds, full_hidden = teacher_odds, teacher_hidden
+                    full_odds, full_hidden = ranker.forward_group(
+                        dataset.queries[group.query_id],
+                        [item_token_embeddings(ranker, teacher, dataset.corpus[d], config.max_item_tokens)
+                         for d in group.doc_ids], query)
             parts = mixlm_loss(torch.tensor(group.labels), log_odds, teacher_log_odds=teacher_odds,
                                fulltext_log_odds=full_odds, hidden=hidden, hidden_fulltext=full_hidden,
                                weights=weights)
@@ -185,30 +309,71 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
         return sums
 
     params = {**named(encoder_params, "encoder"), **named(ranker_params, "ranker"),
-              **named(projection_params, "projection")}
+              **named(extra_params, "projection")}
     groups = [{"params": encoder_params + ranker_params, "lr_scale": 1.0},
-              {"params": projection_params, "lr_scale": config.projection_lr_scale}]
-    log(f"joint: T_S={config.n_tokens}, {sum(p.numel() for p in params.values()):,} parameters trained "
-        f"(encoder adapter, ranker adapter, projection)")
+              {"params": extra_params, "lr_scale": config.projection_lr_scale}]
+    log(f"joint: T_S={config.n_tokens}, {len(sampler)} training queries, groups of {config.data.group_size}, "
+        f"{sum(p.numel() for p in params.values()):,} parameters trained")
     train_loop(run, params, step, config.loop, log=log, param_groups=groups)
-    bundle = write_bundle(run.bundle_dir, teacher, student_config, encoder=encoder_model, ranker=ranker.model,
-                          projection=projection)
+    if dev is not None:
+        report = _fit_fusion_on_dev(ranker, projection, encoded, inputs_for, dev, log)
+        student_config = dataclasses.replace(student_config, fusion=report.pop("fusion"))
+        (run.path / DEV_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    bundle = write_bundle(run.bundle_dir, teacher, student_config,
+                          encoder=encoder_model if encoder_params else None, ranker=ranker.model,
+                          projection=projection, interaction=ranker.interaction)
     log(f"joint: bundle {bundle.path} (encoder_id {bundle.encoder_id})")
     return bundle
 
 
-def _precompute_targets(targets: TeacherTargets, sampler: GroupSampler, config: JointConfig, ranker, dataset,
-                        full_text, log) -> None:
-    distinct = config.distinct_steps or config.loop.steps
-    needed = [g for s in range(distinct) for g in sampler.groups(s, config.data.queries_per_step)]
-    todo = targets.missing(needed)
+def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded: EncodedTexts,
+                       inputs_for: Callable, dev: BeirDataset, log) -> dict:
+    """MixLM's dev NDCG@10 beside BM25's and dense's, and the fusion weights fitted on the dev queries."""
+    from mixlm.training.evaluation import ndcg_at_10
+    from mixlm.training.rerank_eval import fused_run
+
+    candidates = bm25_candidates(dev, DEV_RERANK_DEPTH)
+    mixlm_run, dense_run = {}, {}
+    with torch.no_grad():
+        for qid, hits in candidates.items():
+            docs = [d for d, _ in hits]
+            pooled, retrieval = inputs_for([f"query:{qid}"] + [f"doc:{d}" for d in docs])
+            vectors = projection(pooled.float())
+            query = EncodedItem(vectors[0].cpu().numpy(), retrieval[0].cpu().numpy(), 0, False)
+            scores = ranker.score(dev.queries[qid], list(vectors[1:]), query_embedding=query,
+                                  item_retrieval=retrieval[1:]).log_odds
+            mixlm_run[qid] = dict(zip(docs, map(float, scores), strict=True))
+            dense_run[qid] = dict(zip(docs, map(float, (retrieval[1:] @ retrieval[0]).cpu().numpy()), strict=True))
+    fusion, grid = fit_fusion(dev.qrels, candidates, mixlm_run, dense_run,
+                              fitted_on=f"{dev.name}/{dev.split} ({len(dev.qrels)} queries)")
+    bm25_run = {q: dict(hits) for q, hits in candidates.items()}
+    from mixlm.encoders.config import FusionConfig
+
+    baseline = fused_run(FusionConfig(mixlm=0.0, first_stage=1.0, dense=1.0), candidates,
+                         {q: dict.fromkeys(r, 0.0) for q, r in bm25_run.items()}, dense_run)
+    rows = {"bm25": bm25_run, "dense": dense_run, "bm25+dense": baseline, "mixlm": mixlm_run,
+            "final": fused_run(fusion, candidates, mixlm_run, dense_run)}
+    ndcg = {name: round(ndcg_at_10(dev.qrels, run)["ndcg@10"], 4) for name, run in rows.items()}
+    log("joint: dev NDCG@10 " + "  ".join(f"{k} {v}" for k, v in ndcg.items())
+        + f"  (fusion: first_stage {fusion.first_stage}, dense {fusion.dense})")
+    return {"queries": len(dev.qrels), "rerank_depth": DEV_RERANK_DEPTH, "ndcg@10": ndcg, "fusion": fusion,
+            "fusion_grid": grid["grid"]}
+
+
+def _precompute_targets(targets: TeacherTargets, pairs: list[Group], teacher: Bundle, config: JointConfig,
+                        dataset: BeirDataset, log) -> None:
+    todo = targets.missing(pairs)
     if not todo:
         return
-    log(f"joint: teacher targets for {len(todo)} query groups ({len(todo) * config.data.group_size} items)")
+    teacher_ranker = MixedInputRanker.from_bundle(teacher)
+    log(f"joint: teacher targets for {len(todo)} queries ({sum(len(g.doc_ids) for g in todo)} full-text pairs)")
     with torch.no_grad():
         for count, group in enumerate(todo, start=1):
-            log_odds, hidden = ranker.forward_group(dataset.queries[group.query_id], full_text(group))
+            items = [item_token_embeddings(teacher_ranker, teacher, dataset.corpus[d], config.max_item_tokens)
+                     for d in group.doc_ids]
+            log_odds, hidden = teacher_ranker.forward_group(dataset.queries[group.query_id], items)
             targets.add(group, log_odds, hidden)
             if count % 25 == 0 or count == len(todo):
                 targets.save()
-                log(f"joint: teacher targets {count}/{len(todo)} groups")
+                log(f"joint: teacher targets {count}/{len(todo)} queries")
+    del teacher_ranker

@@ -2,8 +2,13 @@
 
 A ranker's answer is a Bernoulli ``p = sigmoid(log_odds)``; labels are soft ``p*`` in [0, 1].
 
-    L = KL(p* || p) + λ_d KL(p_teacher || p)
+    L = KL(p* || p) + λ_l CE(softmax(p*), softmax(log_odds)) + λ_d KL(p_teacher || p)
         + λ_a (α KL(p_fulltext_same_ranker || p) + β (1 - cos(h_last, h_last_fulltext)))
+
+The listwise term compares the candidates of one query with each other (a softmax over the
+group), which is what NDCG rewards; the pointwise terms keep each ``p(yes)`` calibrated.
+Teacher and full-text targets may cover only some candidates of a group (NaN elsewhere): their
+terms average over the covered ones.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ def bernoulli_kl(target: torch.Tensor, log_odds: torch.Tensor) -> torch.Tensor:
     return (entropy + cross).mean()
 
 
+def listwise_loss(target: torch.Tensor, log_odds: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between the labels normalised over the group and ``softmax(log_odds)``; 0 without positives."""
+    target = target.to(log_odds.dtype)
+    if target.sum() <= 0:
+        return log_odds.sum() * 0.0
+    return -(target / target.sum() * torch.log_softmax(log_odds, dim=-1)).sum()
+
+
 def alignment_loss(hidden: torch.Tensor, hidden_fulltext: torch.Tensor) -> torch.Tensor:
     """Mean ``1 - cos`` between the mixed-input and the full-text last hidden states."""
     return (1 - F.cosine_similarity(hidden.float(), hidden_fulltext.float(), dim=-1)).mean()
@@ -31,6 +44,7 @@ def alignment_loss(hidden: torch.Tensor, hidden_fulltext: torch.Tensor) -> torch
 @dataclass(frozen=True)
 class LossWeights:
     task: float = 1.0  # the weight of KL(p* || p); the curriculum's phases trade it against alignment
+    listwise: float = 0.0  # λ_l
     distill: float = 1.0  # λ_d
     align: float = 1.0  # λ_a
     align_kl: float = 1.0  # α
@@ -42,12 +56,18 @@ def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds
                hidden_fulltext: torch.Tensor | None = None, weights: LossWeights = LossWeights()) -> dict:
     """The stage-3 loss and its parts (each a scalar tensor); absent signals contribute nothing."""
     parts = {"task": bernoulli_kl(labels, log_odds)}
-    if teacher_log_odds is not None:
-        parts["distill"] = bernoulli_kl(torch.sigmoid(teacher_log_odds.detach()), log_odds)
-    if fulltext_log_odds is not None:
-        parts["align_kl"] = bernoulli_kl(torch.sigmoid(fulltext_log_odds.detach()), log_odds)
+    if weights.listwise:
+        parts["listwise"] = listwise_loss(labels, log_odds)
+    if teacher_log_odds is not None and (covered := ~torch.isnan(teacher_log_odds)).any():
+        parts["distill"] = bernoulli_kl(torch.sigmoid(teacher_log_odds[covered].detach()), log_odds[covered])
+    if fulltext_log_odds is not None and (covered := ~torch.isnan(fulltext_log_odds)).any():
+        parts["align_kl"] = bernoulli_kl(torch.sigmoid(fulltext_log_odds[covered].detach()), log_odds[covered])
     if hidden is not None and hidden_fulltext is not None:
-        parts["align_cos"] = alignment_loss(hidden, hidden_fulltext.detach())
-    total = weights.task * parts["task"] + weights.distill * parts.get("distill", 0.0) + weights.align * (
-        weights.align_kl * parts.get("align_kl", 0.0) + weights.align_cos * parts.get("align_cos", 0.0))
+        covered = ~torch.isnan(hidden_fulltext).any(dim=-1)
+        if covered.any():
+            parts["align_cos"] = alignment_loss(hidden[covered], hidden_fulltext[covered].detach())
+    total = (weights.task * parts["task"] + weights.listwise * parts.get("listwise", 0.0)
+             + weights.distill * parts.get("distill", 0.0)
+             + weights.align * (weights.align_kl * parts.get("align_kl", 0.0)
+                                + weights.align_cos * parts.get("align_cos", 0.0)))
     return {"total": total, **parts}

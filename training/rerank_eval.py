@@ -2,9 +2,11 @@
 
 Every method ranks the same candidates, each query's BM25 top-``depth`` (judged documents are
 never added): BM25 itself, chance (the mean over ``RANDOM_SEEDS`` seeded random orderings, the
-floor any reranker should clear), cosine of the encoder's retrieval vectors, the full-text and the
-truncated-text ranker (the teacher's weights by default), and MixLM (the bundle's encoder
-vectors in its ranker). A document outside a query's candidates is not ranked by any method.
+floor any reranker should clear), cosine of the encoder's retrieval vectors (dense), the z-score
+fusion of BM25 and dense with equal weights (bm25+dense), the full-text and the truncated-text
+ranker (the teacher's weights by default), MixLM alone (the bundle's encoder vectors in its
+ranker) and the product's final score (MixLM fused with BM25's scores, and dense where the
+bundle's fusion weighs it). A document outside a query's candidates is not ranked by any method.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mixlm.encoders.config import FusionConfig, RankerInputs
+from mixlm.ranker.fusion import fuse
 from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import bm25_candidates
 from mixlm.training.evaluation import ndcg_at_10
 
-METHODS = ("bm25", "random", "dense", "truncated", "fulltext", "mixlm")
+METHODS = ("bm25", "random", "dense", "bm25+dense", "truncated", "fulltext", "mixlm", "final")
 RANDOM_SEEDS = 20
 DEFAULT_TRUNCATE_TOKENS = 64
 
@@ -50,23 +54,30 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
     runs["bm25"] = {q: dict(hits) for q, hits in candidates.items()}
     wanted = [m for m in METHODS if m in methods]
     random_ndcg = _random_orderings(dataset, candidates, runs) if "random" in wanted else None
-    if {"dense", "mixlm"} & set(wanted):
+    if {"dense", "bm25+dense", "mixlm", "final"} & set(wanted):
         started = time.monotonic()
         encoded = _encode_candidates(bundle, dataset, candidates, log)
         seconds["encode"] = time.monotonic() - started
-        if "dense" in wanted:
-            started = time.monotonic()
-            runs["dense"] = _dense_run(candidates, encoded)
-            seconds["dense"] = time.monotonic() - started + seconds["encode"]
-        if "mixlm" in wanted:
+        runs["dense"] = _dense_run(candidates, encoded)
+        seconds["dense"] = time.monotonic() - started
+        runs["bm25+dense"] = fused_run(FusionConfig(mixlm=0.0, first_stage=1.0, dense=1.0), candidates,
+                                       {q: {d: 0.0 for d, _ in hits} for q, hits in candidates.items()},
+                                       runs["dense"])
+        if {"mixlm", "final"} & set(wanted):
             from mixlm.ranker.model import MixedInputRanker
 
             ranker = MixedInputRanker.from_bundle(bundle)
             started = time.monotonic()
-            runs["mixlm"] = _rerank(dataset, candidates, lambda q, docs: ranker.score(
-                q, [encoded[d].vectors for d in docs]).log_odds, "mixlm", log)
+            runs["mixlm"] = _rerank(dataset, candidates, lambda qid, docs: ranker.score(
+                dataset.queries[qid], [encoded[d].vectors for d in docs], query_embedding=encoded[("query", qid)],
+                item_retrieval=np.stack([encoded[d].retrieval_vector for d in docs])).log_odds, "mixlm", log)
             seconds["mixlm"] = time.monotonic() - started
+            runs["final"] = fused_run(bundle.config.fusion, candidates, runs["mixlm"], runs["dense"])
+            seconds["final"] = seconds["mixlm"]
     text_methods = [(m, t) for m, t in (("truncated", truncate_tokens), ("fulltext", fulltext_tokens)) if m in wanted]
+    if text_methods and teacher.config.inputs != RankerInputs():
+        raise ValueError(f"the truncated and fulltext rows need a ranker that reads text alone; {teacher.path}'s "
+                         "reads query and item vectors too: give the teacher bundle with --teacher")
     if text_methods:
         from mixlm.ranker.model import MixedInputRanker
         from mixlm.ranker.text_baselines import FullTextRanker
@@ -75,10 +86,11 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
         for method, tokens in text_methods:
             text_ranker = FullTextRanker(teacher_ranker, max_item_tokens=tokens)
             started = time.monotonic()
-            runs[method] = _rerank(dataset, candidates, lambda q, docs, r=text_ranker: r.score(
-                q, [_item_text(teacher, dataset.corpus[d]) for d in docs]).log_odds, method, log)
+            runs[method] = _rerank(dataset, candidates, lambda qid, docs, r=text_ranker: r.score(
+                dataset.queries[qid], [_item_text(teacher, dataset.corpus[d]) for d in docs]).log_odds, method, log)
             seconds[method] = time.monotonic() - started
     results = {}
+    runs = {m: run for m, run in runs.items() if m in wanted}
     for method in ["bm25"] + [m for m in wanted if m != "bm25"]:
         score = random_ndcg if method == "random" else ndcg_at_10(dataset.qrels, runs[method])["ndcg@10"]
         results[method] = {"ndcg@10": round(score, 4), "seconds": round(seconds.get(method, 0.0), 1)}
@@ -115,7 +127,7 @@ def _encode_candidates(bundle, dataset: BeirDataset, candidates, log) -> dict:
             encoded[doc_id] = item
         log(f"encoded {min(start + 256, len(ids))}/{len(ids)} candidate items")
     queries = list(dataset.queries)
-    for qid, item in zip(queries, encoder.encode([("", dataset.queries[q]) for q in queries]), strict=True):
+    for qid, item in zip(queries, encoder.encode_queries([dataset.queries[q] for q in queries]), strict=True):
         encoded[("query", qid)] = item
     return encoded
 
@@ -128,12 +140,24 @@ def _dense_run(candidates, encoded) -> dict:
     return run
 
 
+def fused_run(fusion: FusionConfig | None, candidates, mixlm_run: dict, dense_run: dict) -> dict:
+    """Each query's final scores: ``fuse`` of MixLM's log-odds, the BM25 scores and the dense scores."""
+    run = {}
+    for qid, hits in candidates.items():
+        docs = [d for d, _ in hits]
+        final = fuse(fusion, np.array([mixlm_run[qid][d] for d in docs]), first_stage=np.array([s for _, s in hits]),
+                     dense=np.array([dense_run[qid][d] for d in docs]))
+        run[qid] = dict(zip(docs, map(float, final), strict=True))
+    return run
+
+
 def _rerank(dataset: BeirDataset, candidates, score: Callable, method: str, log) -> dict:
+    """``score(query id, doc ids) -> scores`` over each query's candidates, with progress."""
     run = {}
     began = time.monotonic()
     for count, (qid, hits) in enumerate(candidates.items(), start=1):
         docs = [d for d, _ in hits]
-        run[qid] = dict(zip(docs, map(float, score(dataset.queries[qid], docs)), strict=True)) if docs else {}
+        run[qid] = dict(zip(docs, map(float, score(qid, docs)), strict=True)) if docs else {}
         if count % 10 == 0 or count == len(candidates):
             log(f"{method}: {count}/{len(candidates)} queries ({time.monotonic() - began:.0f} s)")
     return run

@@ -25,14 +25,22 @@ class DataConfig:
     positives: int = 1  # judged relevant documents per group (at most)
     queries_per_step: int = 4
     max_queries: int | None = None  # use only the first N judged queries of the split
+    holdout_every: int | None = 8  # every N-th query (by id hash) is a dev query: never trained on
+
+
+def training_data(config: DataConfig, log) -> tuple[BeirDataset, BeirDataset | None]:
+    """``(train, dev)`` of the configured split; refuses a test split (``guard_training_split``)."""
+    guard_training_split(config.split)
+    dataset = BeirDataset.load(config.dataset, config.split).limit(config.max_queries)
+    train, dev = dataset.holdout(config.holdout_every) if config.holdout_every else (dataset, None)
+    log(f"{dataset.name}/{dataset.split}: {len(train.qrels)} judged queries to train on"
+        + (f", {len(dev.qrels)} held out as dev" if dev else "") + f", {len(dataset.corpus)} documents")
+    return train, dev
 
 
 def training_sampler(config: DataConfig, seed: int, log) -> tuple[BeirDataset, GroupSampler]:
-    """The split's groups; refuses a test split (``guard_training_split``)."""
-    guard_training_split(config.split)
-    dataset = BeirDataset.load(config.dataset, config.split).limit(config.max_queries)
-    log(f"{dataset.name}/{dataset.split}: {len(dataset.qrels)} judged queries, {len(dataset.corpus)} documents; "
-        f"BM25 top-{config.bm25_depth} candidates")
+    """The training queries' groups, hard negatives from BM25; refuses a test split."""
+    dataset, _ = training_data(config, log)
     sampler = GroupSampler(dataset, bm25_candidates(dataset, config.bm25_depth), size=config.group_size,
                            positives=config.positives, seed=seed)
     return dataset, sampler

@@ -37,7 +37,8 @@ def test_score_keeps_request_order_and_lists_missing(client):
     assert [item.item_id for item in result.items] == ["job-3", "job-1"]
     assert result.missing == ["ghost", "job-11"]  # never stored, and deleted
     for item in result.items:
-        assert 0 < item.score < 1 and item.score == pytest.approx(1 / (1 + np.exp(-item.log_odds)), rel=1e-6)
+        assert 0 < item.p_yes < 1 and item.p_yes == pytest.approx(1 / (1 + np.exp(-item.log_odds)), rel=1e-6)
+        assert item.score == item.log_odds  # no first-stage scores: the final score is MixLM alone
 
 
 def test_scores_equal_the_ranker_on_the_stored_vectors(client):
@@ -146,3 +147,30 @@ def test_request_batcher_serves_concurrent_callers_together(client):
         assert [i.item_id for i in results[query].items] == [i.item_id for i in expected[query].items]
         np.testing.assert_allclose([i.log_odds for i in results[query].items],
                                    [i.log_odds for i in expected[query].items], atol=1e-4)
+
+
+def test_first_stage_scores_give_the_bundle_s_fused_final_score(client, tiny_bundle, store_path):
+    from mixlm.encoders.config import FusionConfig
+    from mixlm.ranker.fusion import standardise
+
+    ids = ["job-0", "job-4", "job-7", "job-9"]
+    bm25 = {"job-0": 1.0, "job-4": 9.0, "job-7": 3.0, "job-9": 2.0}
+    fused = RankerClient(client.ranker, client.store, fusion=FusionConfig(mixlm=1.0, first_stage=4.0))
+    result = fused.score("python", ids, first_stage_scores=bm25)
+    log_odds = np.array([i.log_odds for i in result.items])
+    expected = standardise(log_odds) + 4.0 * standardise(np.array([bm25[i] for i in ids]))
+    np.testing.assert_allclose([i.score for i in result.items], expected, atol=1e-6)
+    assert fused.rank("python", ids, first_stage_scores=bm25).items[0].item_id == "job-4"  # BM25 dominates here
+    with pytest.raises(ValueError, match="first_stage_scores lacks 1 of the item ids"):
+        fused.score("python", ids, first_stage_scores={k: v for k, v in bm25.items() if k != "job-9"})
+
+
+def test_a_client_of_a_ranker_that_reads_query_vectors_needs_the_encoder(client):
+    import copy
+
+    from mixlm.encoders.config import RankerInputs
+
+    reading = copy.copy(client.ranker)  # a shallow copy that reads query tokens
+    reading.inputs = RankerInputs(query_vector=True)
+    with pytest.raises(ValueError, match="query_encoder"):
+        RankerClient(reading, client.store)

@@ -82,3 +82,64 @@ def test_batched_queries_of_different_lengths_equal_one_by_one(ranker):
     for (query, candidates), scores in zip(requests, batched, strict=True):
         np.testing.assert_allclose(scores.log_odds, ranker.score(query, candidates, backend="naive").log_odds,
                                    atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def reading_ranker(tiny_bundle):
+    """The tiny ranker reading the query's tokens and the query-item interaction (RankerInputs)."""
+    from mixlm.encoders.bundle import load_bundle
+    from mixlm.encoders.config import RankerInputs
+    from mixlm.encoders.projection import init_interaction
+
+    bundle = load_bundle(tiny_bundle)
+    interaction = init_interaction(16, bundle.config.ranker.hidden_size, seed=1)
+    with torch.no_grad():
+        interaction.weight.mul_(50)  # large enough that a wrong product would show
+    return MixedInputRanker(bundle.load_ranker(), bundle.ranker_tokenizer, bundle.config.prompt, bundle.encoder_id,
+                            inputs=RankerInputs(query_vector=True, interaction=True), interaction=interaction)
+
+
+def _query_and_retrieval(ranker, n, seed=0):
+    from mixlm.encoders.item_encoder import EncodedItem
+
+    generator = torch.Generator().manual_seed(seed)
+    query = EncodedItem(torch.randn(2, ranker.hidden_size, generator=generator).numpy(),
+                        torch.randn(16, generator=generator).numpy(), 0, False)
+    return query, torch.randn(n, 16, generator=generator).numpy()
+
+
+@pytest.mark.parametrize("n_items", [1, 9])
+def test_query_tokens_and_interaction_keep_amortized_equal_to_naive(reading_ranker, n_items):
+    candidates = items(reading_ranker, n_items, 1, seed=7)
+    query, retrieval = _query_and_retrieval(reading_ranker, n_items)
+    kwargs = {"query_embedding": query, "item_retrieval": retrieval}
+    np.testing.assert_allclose(reading_ranker.score("q", candidates, **kwargs).log_odds,
+                               reading_ranker.score("q", candidates, backend="naive", **kwargs).log_odds, atol=1e-4)
+    batched = reading_ranker.score_batch([("q", candidates), ("another query", candidates)],
+                                         query_embeddings=[query, query], item_retrievals=[retrieval, retrieval])
+    assert not np.allclose(batched[0].log_odds, batched[1].log_odds)  # each candidate reads its own query
+    np.testing.assert_allclose(batched[0].log_odds, reading_ranker.score("q", candidates, **kwargs).log_odds,
+                               atol=1e-4)
+
+
+def test_the_query_tokens_close_the_prefix_and_the_interaction_is_what_the_docs_say(reading_ranker):
+    """By hand: prefix = prompt tokens + query tokens; item token = vector + W (q^ * d^) sqrt(width)."""
+    candidates = items(reading_ranker, 1, 1, seed=3)
+    query, retrieval = _query_and_retrieval(reading_ranker, 1, seed=4)
+    score = reading_ranker.score("nurse", candidates, query_embedding=query, item_retrieval=retrieval).log_odds[0]
+    q = torch.nn.functional.normalize(torch.tensor(query.retrieval_vector), dim=-1)
+    d = torch.nn.functional.normalize(torch.tensor(retrieval[0]), dim=-1)
+    token = candidates[0] + reading_ranker.interaction(q * d * 16 ** 0.5)
+    sequence = torch.cat([reading_ranker.embed(reading_ranker.prefix_ids("nurse")), torch.tensor(query.vectors),
+                          token, reading_ranker.embed(reading_ranker.end_ids)])
+    with torch.inference_mode():
+        logits = reading_ranker.model(inputs_embeds=sequence.unsqueeze(0)).logits[0, -1]
+    expected = (logits[reading_ranker.prompt.yes_token_id] - logits[reading_ranker.prompt.no_token_id]).item()
+    assert score == pytest.approx(expected, abs=1e-4)
+    other = reading_ranker.score("nurse", candidates, query_embedding=query, item_retrieval=-retrieval).log_odds[0]
+    assert abs(other - score) > 1e-5  # the item's retrieval vector reaches the score
+
+
+def test_a_ranker_that_reads_query_vectors_refuses_a_call_without_them(reading_ranker):
+    with pytest.raises(ValueError, match="query's embedding tokens"):
+        reading_ranker.score("q", items(reading_ranker, 2, 1))

@@ -44,7 +44,7 @@ def test_value_round_trip(dtype, retrieval_dim, version):
     back = decode_value(value, "item-1", "enc-a")
     assert_same_record(record, back)
     assert back.n_tokens == 3 and back.dim == 16 and back.dtype == dtype
-    assert lookup_fields(value) == (False, np.dtype(dtype), 3, 16)
+    assert lookup_fields(value) == (False, np.dtype(dtype), 3, 16, retrieval_dim)
     header = decode_header(value)
     assert (header.item_version, header.content_hash, header.truncated) == (version, record.content_hash,
                                                                              record.truncated)
@@ -76,7 +76,7 @@ def test_tombstone_round_trip():
     assert back.deleted and back.item_version == 7 and back.n_tokens == 0 and back.job_id == "st-1"
     assert back.encoded_at == 12.5 and back.retrieval_vector is None
     assert decode_header(value).deleted
-    deleted, _, n_tokens, dim = lookup_fields(value)
+    deleted, _, n_tokens, dim, _ = lookup_fields(value)
     assert deleted and (n_tokens, dim) == (0, 0)
 
 

@@ -34,14 +34,17 @@ def test_eval_reports_every_method_and_bm25_matches_pytrec(teacher_bundle, tmp_p
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["queries"] == 4 and report["rerank_depth"] == 5
-    assert list(report["results"]) == ["bm25", "random", "dense", "truncated", "fulltext", "mixlm"]
+    assert list(report["results"]) == ["bm25", "random", "dense", "bm25+dense", "truncated", "fulltext", "mixlm",
+                                       "final"]
+    # a bundle without fusion weights: the final score is MixLM alone
+    assert report["results"]["final"]["ndcg@10"] == report["results"]["mixlm"]["ndcg@10"]
     assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in report["results"].values())
     dataset = BeirDataset.load(SCIFACT, "test").limit(4)
     bm25 = {q: dict(hits) for q, hits in bm25_candidates(dataset, 5).items()}
     assert report["results"]["bm25"]["ndcg@10"] == pytest.approx(ndcg_at_10(dataset.qrels, bm25)["ndcg@10"], abs=1e-4)
     lines = runs.read_text().splitlines()
     assert {line.split()[-1] for line in lines} == set(report["results"])
-    assert len(lines) == 6 * sum(len(bm25[q]) for q in bm25)
+    assert len(lines) == 8 * sum(len(bm25[q]) for q in bm25)
 
 
 def test_eval_refuses_an_unknown_method(teacher_bundle):

@@ -42,3 +42,37 @@ def test_evaluation_candidates_never_add_the_judged_documents():
     assert all(len(hits) <= 5 for hits in candidates.values())
     missed = sum(1 for q, hits in candidates.items() if not set(dataset.qrels[q]) & {d for d, _ in hits})
     assert missed > 0  # BM25 misses some: the positives were not slipped in
+
+
+def test_the_dev_holdout_is_stable_disjoint_and_complete():
+    dataset = BeirDataset.load(SCIFACT, "train")
+    rest, dev = dataset.holdout(8)
+    assert set(rest.qrels).isdisjoint(dev.qrels) and set(rest.qrels) | set(dev.qrels) == set(dataset.qrels)
+    assert 0.08 < len(dev.qrels) / len(dataset.qrels) < 0.17
+    first = dataset.limit(400)
+    assert set(first.holdout(8)[1].qrels) == set(dev.qrels) & set(first.qrels)  # depends on the query id alone
+    assert (rest.split, dev.split) == ("train-rest", "train-dev")
+    with pytest.raises(ValueError, match="every >= 2"):
+        dataset.holdout(1)
+
+
+def test_merged_candidates_interleave_without_repeats():
+    from mixlm.training.candidates import merged_candidates
+
+    bm25 = {"q": [("a", 9.0), ("b", 8.0), ("c", 7.0)]}
+    dense = {"q": [("c", 0.9), ("d", 0.8)]}
+    assert merged_candidates(bm25, dense) == {"q": [("a", 9.0), ("c", 0.9), ("b", 8.0), ("d", 0.8)]}
+
+
+def test_fixed_negatives_come_first_in_every_group_and_are_what_the_teacher_scores():
+    dataset = BeirDataset.load(SCIFACT, "train").limit(10)
+    candidates = bm25_candidates(dataset, 30)
+    sampler = GroupSampler(dataset, candidates, size=6, positives=1, seed=3, fixed_negatives=2)
+    pairs = {g.query_id: g for g in sampler.fixed_pairs()}
+    for step in range(3):
+        for group in sampler.groups(step, 4):
+            hardest = [d for d, _ in candidates[group.query_id] if dataset.qrels[group.query_id].get(d, 0) <= 0][:2]
+            assert list(group.doc_ids[1:3]) == hardest and len(set(group.doc_ids)) == 6
+            assert set(group.doc_ids[:3]) <= set(pairs[group.query_id].doc_ids)
+    with pytest.raises(ValueError, match="leave no room"):
+        GroupSampler(dataset, candidates, size=3, positives=1, fixed_negatives=2)

@@ -83,3 +83,32 @@ def test_the_task_weight_scales_only_the_task_term():
     muted = mixlm_loss(labels, log_odds, teacher_log_odds=teacher, weights=LossWeights(task=0.0, distill=0.5))
     assert muted["total"].item() == pytest.approx(0.5 * full["distill"].item(), rel=1e-6)
     assert full["total"].item() == pytest.approx(full["task"].item() + 0.5 * full["distill"].item(), rel=1e-6)
+
+
+def test_listwise_loss_by_hand():
+    from mixlm.training.losses import listwise_loss
+
+    log_odds = torch.tensor([2.0, 0.0, -1.0])
+    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + 1.0 + math.exp(-1.0)))
+    assert listwise_loss(torch.tensor([1.0, 0.0, 0.0]), log_odds).item() == pytest.approx(expected, abs=1e-6)
+    # two equally relevant candidates share the target mass
+    both = listwise_loss(torch.tensor([1.0, 1.0, 0.0]), log_odds).item()
+    assert both == pytest.approx(-0.5 * (math.log(torch.softmax(log_odds, 0)[0].item())
+                                         + math.log(torch.softmax(log_odds, 0)[1].item())), abs=1e-6)
+    assert listwise_loss(torch.zeros(3), log_odds).item() == 0.0  # no positive: nothing to rank
+
+
+def test_teacher_targets_that_cover_part_of_a_group_count_only_there():
+    labels, log_odds = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.5, -0.2, 1.0])
+    teacher = torch.tensor([1.5, float("nan"), -2.0])
+    hidden, teacher_hidden = torch.randn(3, 4), torch.randn(3, 4)
+    teacher_hidden[1] = float("nan")
+    parts = mixlm_loss(labels, log_odds, teacher_log_odds=teacher, fulltext_log_odds=teacher, hidden=hidden,
+                       hidden_fulltext=teacher_hidden, weights=LossWeights(listwise=1.0))
+    covered = torch.tensor([True, False, True])
+    assert parts["distill"].item() == pytest.approx(
+        bernoulli_kl(torch.sigmoid(teacher[covered]), log_odds[covered]).item())
+    assert parts["align_cos"].item() == pytest.approx(alignment_loss(hidden[covered], teacher_hidden[covered]).item())
+    assert not any(torch.isnan(v).any() for v in parts.values())
+    uncovered = mixlm_loss(labels, log_odds, teacher_log_odds=torch.full((3,), float("nan")))
+    assert "distill" not in uncovered

@@ -11,7 +11,7 @@ from mixlm.encoders.bundle import load_bundle
 from mixlm.encoders.lora import read_adapter
 from mixlm.encoders.pretrained import MANIFEST, PRETRAINED, model_dir
 
-SHIPPED = Path(__file__).resolve().parents[2] / "bundles" / "scifact-ts1"
+SHIPPED = Path(__file__).resolve().parents[2] / "bundles" / "default"
 
 
 def test_the_shipped_bundle_is_complete_and_pinned():
@@ -25,7 +25,11 @@ def test_the_shipped_bundle_is_complete_and_pinned():
             assert tensor.shape[0 if key.endswith("lora_A") else 1] == config.rank, key
     projection = bundle.load_projection()
     assert projection.weight.shape == (bundle.config.ranker.hidden_size, bundle.config.encoder.hidden_size)
-    assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 10 * 2**20
+    assert bundle.load_interaction().weight.shape == projection.weight.shape
+    assert bundle.config.inputs.query_vector and bundle.config.inputs.interaction
+    fusion = bundle.config.fusion
+    assert fusion is not None and "train-dev" in fusion.fitted_on and "test" not in fusion.fitted_on
+    assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 25 * 2**20
 
 
 @pytest.mark.skipif(not all((model_dir(n) / MANIFEST).is_file() for n in ("minilm-l6", "smollm2-135m")),
@@ -47,5 +51,8 @@ def test_the_shipped_bundle_loads_on_its_bases_and_scores_items_apart():
                                        "tunnel."),
     ])
     assert items[0].vectors.shape == (bundle.config.encoding.n_tokens, bundle.config.ranker.hidden_size)
-    scores = ranker.score("Vitamin D deficiency increases fracture risk.", [i.vectors for i in items])
+    assert len(ranker.end_ids) == 1  # one end token: a candidate costs T_S + 1 positions
+    query = "Vitamin D deficiency increases fracture risk."
+    scores = ranker.score(query, [i.vectors for i in items], query_embedding=encoder.encode_queries([query])[0],
+                          item_retrieval=np.stack([i.retrieval_vector for i in items]))
     assert np.isfinite(scores.log_odds).all() and abs(scores.log_odds[0] - scores.log_odds[1]) > 1e-3

@@ -13,11 +13,12 @@ from mixlm.ranker.model import MixedInputRanker
 from mixlm.ranker.text_baselines import FullTextRanker
 from mixlm.schemas import ItemEvent
 from mixlm.store import EmbeddingStore
+from mixlm.training.candidates import Group
 from mixlm.training.evaluation import SplitLeakError
 from mixlm.training.joint import JointConfig, train_joint
 from mixlm.training.losses import LossWeights, bernoulli_kl
 from mixlm.training.run import LoopConfig
-from mixlm.training.stages import training_sampler
+from mixlm.training.stages import training_data, training_sampler
 from mixlm.training.teacher import train_teacher
 
 from .conftest import small_data, teacher_config
@@ -55,28 +56,47 @@ def test_a_test_split_is_refused_before_any_training(base_bundle, tmp_path):
     assert not (tmp_path / "leak" / "checkpoint").exists()
 
 
-def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1):
-    """Distillation and alignment only (task weight 0): the tiny teacher fits its labels poorly, and the
-    task term would pull the student toward the labels rather than toward the teacher."""
-    distill = LossWeights(task=0.0, distill=1.0, align=1.0, align_kl=1.0, align_cos=1.0)
-    config = JointConfig(small_data(), LoopConfig(steps=steps, lr=lr, warmup_steps=1, checkpoint_every=steps,
-                                                  log_every=steps),
-                         n_tokens=n_tokens, encoder_lora=LoraConfig(rank=4, alpha=8.0, top_layers=1),
-                         max_item_tokens=48, distinct_steps=3, fulltext_targets="teacher", phase1_fraction=0.25,
-                         projection_lr_scale=2.0, phase1=distill, phase2=distill)
+def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1, encoder_lora=None, weights=None):
+    """Distillation and alignment only by default (task weights 0): the tiny teacher fits its labels
+    poorly, and the task terms would pull the student toward the labels rather than toward the teacher."""
+    weights = weights or LossWeights(task=0.0, listwise=0.0, distill=1.0, align=1.0, align_kl=1.0, align_cos=1.0)
+    config = JointConfig(small_data(max_queries=12, group_size=4), LoopConfig(
+                             steps=steps, lr=lr, warmup_steps=1, checkpoint_every=steps, log_every=steps),
+                         n_tokens=n_tokens, encoder_lora=encoder_lora, ranker_lora=LoraConfig(rank=4, alpha=8.0),
+                         max_item_tokens=48, teacher_negatives=2, dense_depth=10, phase1=weights, phase2=weights)
     return train_joint(teacher_bundle, run_dir, config, **QUIET).path
 
 
-def _mixed_log_odds(bundle_dir, dataset, group):
+def _student_scores(bundle_dir, dataset, group):
+    """MixLM's log-odds for a group, the way a client computes them (query vectors, retrieval vectors)."""
     encoder, ranker = ItemEncoder.from_bundle(bundle_dir), MixedInputRanker.from_bundle(bundle_dir)
     items = encoder.encode([(dataset.corpus[d].title, dataset.corpus[d].text) for d in group.doc_ids])
-    return torch.tensor(ranker.score(dataset.queries[group.query_id], [i.vectors for i in items]).log_odds)
+    query = encoder.encode_queries([dataset.queries[group.query_id]])[0]
+    return torch.tensor(ranker.score(dataset.queries[group.query_id], [i.vectors for i in items],
+                                     query_embedding=query,
+                                     item_retrieval=np.stack([i.retrieval_vector for i in items])).log_odds)
 
 
-def _distance_to_teacher(student, teacher, groups):
-    dataset, chosen = groups
+@pytest.fixture(scope="module")
+def teacher_pairs(teacher_bundle, tmp_path_factory):
+    """The (query, document) pairs the joint stage's teacher targets cover: judged docs + 2 hardest negatives."""
+    from mixlm.training.joint import TARGETS_FILE, TeacherTargets
+
+    run = tmp_path_factory.mktemp("joint") / "targets-only"
+    _joint(teacher_bundle, run, steps=1, lr=1e-9)
+    dataset, _ = training_data(small_data(max_queries=12, group_size=4), lambda line: None)
+    targets = TeacherTargets(run / TARGETS_FILE)
+    pairs = {}
+    for key in targets.index:
+        qid, doc = key.split("\t")
+        pairs.setdefault(qid, []).append(doc)
+    return dataset, [Group(q, tuple(docs), (0.0,) * len(docs)) for q, docs in sorted(pairs.items())]
+
+
+def _distance_to_teacher(student, teacher, pairs):
+    dataset, chosen = pairs
     return np.mean([bernoulli_kl(torch.sigmoid(_fulltext_log_odds(teacher, dataset, g)),
-                                 _mixed_log_odds(student, dataset, g)).item() for g in chosen])
+                                 _student_scores(student, dataset, g)).item() for g in chosen])
 
 
 @pytest.fixture(scope="module")
@@ -84,29 +104,54 @@ def student(teacher_bundle, tmp_path_factory):
     return _joint(teacher_bundle, tmp_path_factory.mktemp("joint") / "trained", steps=40, lr=1e-2)
 
 
-def test_joint_training_moves_mixed_scores_toward_the_teacher(teacher_bundle, student, groups, tmp_path):
+def test_joint_training_moves_mixed_scores_toward_the_teacher(teacher_bundle, student, teacher_pairs, tmp_path):
     untrained = _joint(teacher_bundle, tmp_path / "untrained", steps=1, lr=1e-9)
-    assert _distance_to_teacher(student, teacher_bundle, groups) < 0.5 * _distance_to_teacher(
-        untrained, teacher_bundle, groups)
+    assert _distance_to_teacher(student, teacher_bundle, teacher_pairs) < 0.5 * _distance_to_teacher(
+        untrained, teacher_bundle, teacher_pairs)
+
+
+def test_gold_labels_alone_teach_the_student_to_rank(teacher_bundle, tmp_path):
+    """Listwise + pointwise on gold labels, no teacher: the trained student ranks the training groups'
+    judged documents above their negatives far more often than the untrained one."""
+    gold = LossWeights(task=0.5, listwise=1.0, distill=0.0, align=0.0)
+    dataset, sampler = training_sampler(small_data(max_queries=12, group_size=4), 0, lambda line: None)
+    chosen = [g for step in range(4) for g in sampler.groups(step, 3)]
+
+    def positive_rank_accuracy(bundle_dir):
+        hits = []
+        for group in chosen:
+            scores = _student_scores(bundle_dir, dataset, group).numpy()
+            labels = np.array(group.labels)
+            hits += [float(p > n) for p in scores[labels > 0] for n in scores[labels == 0]]
+        return np.mean(hits)
+
+    trained = _joint(teacher_bundle, tmp_path / "gold", steps=120, lr=1e-2, weights=gold)
+    untrained = _joint(teacher_bundle, tmp_path / "untrained", steps=1, lr=1e-9, weights=gold)
+    assert positive_rank_accuracy(trained) > positive_rank_accuracy(untrained) + 0.15
 
 
 def test_the_student_bundle_records_its_settings_and_stays_small(student, teacher_bundle):
     bundle = load_bundle(student)
     bundle.check_encoder_id()
     assert bundle.encoder_id != load_bundle(teacher_bundle).encoder_id
-    assert sorted(p.name for p in bundle.ranker_dir.iterdir()) == ["adapter.json", "adapter.safetensors", "base.json"]
-    assert sorted(p.name for p in bundle.encoder_dir.iterdir()) == ["adapter.json", "adapter.safetensors", "base.json"]
+    assert sorted(p.name for p in bundle.ranker_dir.iterdir()) == ["adapter.json", "adapter.safetensors", "base.json",
+                                                                   "interaction.safetensors"]
+    assert (bundle.config.inputs.query_vector, bundle.config.inputs.interaction) == (True, True)
+    assert bundle.config.fusion is not None and "dev" in bundle.config.fusion.fitted_on
+    assert bundle.config.prompt.end == " Relevant"  # one token for SmolLM2 (checked on the shipped bundle)
 
 
-def test_several_embedding_tokens_train_and_load(teacher_bundle, tmp_path):
-    bundle = load_bundle(_joint(teacher_bundle, tmp_path / "ts3", steps=2, lr=1e-3, n_tokens=3))
+def test_a_trainable_encoder_and_several_embedding_tokens_train_and_load(teacher_bundle, tmp_path):
+    bundle = load_bundle(_joint(teacher_bundle, tmp_path / "ts3", steps=2, lr=1e-3, n_tokens=3,
+                                encoder_lora=LoraConfig(rank=4, alpha=8.0, top_layers=1)))
     assert (bundle.config.encoding.n_tokens, bundle.config.encoding.pooling) == (3, "last_k")
+    assert sorted(p.name for p in bundle.encoder_dir.iterdir()) == ["adapter.json", "adapter.safetensors", "base.json"]
     item = ItemEncoder.from_bundle(bundle).encode([("A title", "some text here")])[0]
     assert item.vectors.shape == (3, bundle.config.ranker.hidden_size)
 
 
-def test_a_trained_bundle_round_trips_into_the_ranker_client(student, groups, tmp_path):
-    dataset, chosen = groups
+def test_a_trained_bundle_round_trips_into_the_ranker_client(student, teacher_pairs, tmp_path):
+    dataset, chosen = teacher_pairs
     group = chosen[0]
     bundle = load_bundle(student)
     encoder = ItemEncoder.from_bundle(bundle)
@@ -119,9 +164,12 @@ def test_a_trained_bundle_round_trips_into_the_ranker_client(student, groups, tm
     unmerged_encoder = ItemEncoder(bundle.load_encoder("cpu", merge_adapter=False), bundle.encoder_tokenizer,
                                    bundle.config.encoding, bundle.encoder_id, projection=bundle.load_projection())
     unmerged_ranker = MixedInputRanker(bundle.load_ranker("cpu", merge_adapter=False), bundle.ranker_tokenizer,
-                                       bundle.config.prompt, bundle.encoder_id)
-    vectors = [i.vectors for i in unmerged_encoder.encode([(e.title, e.text) for e in events])]
-    direct = unmerged_ranker.score(dataset.queries[group.query_id], vectors).log_odds
+                                       bundle.config.prompt, bundle.encoder_id, inputs=bundle.config.inputs,
+                                       interaction=bundle.load_interaction())
+    items = unmerged_encoder.encode([(e.title, e.text) for e in events])
+    direct = unmerged_ranker.score(dataset.queries[group.query_id], [i.vectors for i in items],
+                                   query_embedding=unmerged_encoder.encode_queries([dataset.queries[group.query_id]])[0],
+                                   item_retrieval=np.stack([i.retrieval_vector for i in items])).log_odds
     np.testing.assert_allclose([i.log_odds for i in served.items], direct, atol=1e-4)
     assert [i.item_id for i in served.items] == list(group.doc_ids) and not served.missing
 
@@ -154,3 +202,32 @@ def test_the_beam_backfill_writes_a_trained_bundle_s_vectors(student, tmp_path):
     expected = ItemEncoder.from_bundle(bundle).encode([(d.title, d.text) for d in docs[:3]])
     assert lookup.missing == []
     np.testing.assert_allclose(lookup.vectors, np.stack([e.vectors for e in expected]), atol=1e-4)
+
+
+def test_an_interrupted_joint_run_resumes_bit_identically(teacher_bundle, tmp_path, monkeypatch):
+    from mixlm.training import joint
+
+    def run(run_dir, *, interrupt_at=None):
+        calls = {"n": 0}
+        real = joint.mixlm_loss
+
+        def counting(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == interrupt_at:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(joint, "mixlm_loss", counting)
+        config = JointConfig(small_data(max_queries=12, group_size=4),
+                             LoopConfig(steps=4, lr=1e-2, warmup_steps=1, checkpoint_every=2, log_every=1),
+                             ranker_lora=LoraConfig(rank=4, alpha=8.0), max_item_tokens=48, teacher_negatives=1,
+                             dense_depth=10)
+        return train_joint(teacher_bundle, run_dir, config, **QUIET)
+
+    straight = run(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", interrupt_at=2 * 2 + 1)  # two groups a step: inside step 3
+    resumed = run(tmp_path / "resumed")
+    for part in ("ranker/adapter.safetensors", "ranker/interaction.safetensors", "projection.safetensors"):
+        assert (straight.path / part).read_bytes() == (resumed.path / part).read_bytes(), part
+    assert straight.config.fusion == resumed.config.fusion
