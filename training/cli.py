@@ -146,16 +146,20 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
               help="same-ranker full-text targets: recomputed each step (live) or the teacher's")
 @click.option("--phase1-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="share of steps in the alignment-heavy first phase of the curriculum")
+@click.option("--distill-weight", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="λ_d: weight of the teacher's full-text scores after the first phase")
 @user_errors
 def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
           lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
           query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
-          phase1_fraction) -> None:
+          phase1_fraction, distill_weight) -> None:
     """Stage 3: train projection and ranker (and optionally the encoder) on mixed inputs, with distillation
     and self-alignment on the pairs the teacher scored; fits the final score's fusion on held-out queries.
 
     Prints the MixLM bundle, which the pipelines and the ranker client load as is.
     """
+    import dataclasses
+
     from mixlm.encoders.config import RankerInputs
     from mixlm.encoders.lora import LoraConfig
     from mixlm.training.joint import JointConfig, train_joint
@@ -168,7 +172,8 @@ def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step,
                          encoder_lora=encoder_lora, ranker_lora=LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank),
                          inputs=RankerInputs(query_vector=query_vector, interaction=interaction),
                          max_item_tokens=max_item_tokens, teacher_negatives=teacher_negatives,
-                         dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction)
+                         dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction,
+                         phase2=dataclasses.replace(JointConfig.phase2, distill=distill_weight))
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=_progress).path))
 
 

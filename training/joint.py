@@ -73,7 +73,9 @@ class JointConfig:
     fulltext_targets: str = "teacher"
     phase1_fraction: float = 0.0
     phase1: LossWeights = LossWeights(task=0.2, listwise=1.0, distill=0.5, align=1.0, align_kl=1.0, align_cos=1.0)
-    phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.2, align=0.1, align_kl=1.0, align_cos=1.0)
+    # No hidden-state alignment by default: the student starts from the base ranker, not from the
+    # teacher, so the teacher's hidden states live in another model's space.
+    phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.1, align=0.0, align_kl=1.0, align_cos=1.0)
 
     def __post_init__(self) -> None:
         if self.fulltext_targets not in FULLTEXT_TARGETS:
@@ -170,16 +172,17 @@ class EncodedTexts:
             if keys == list(texts):
                 return cls(keys, stored["pooled"], stored["retrieval"])
         keys = list(texts)
-        pooled, retrieval = [], []
+        pooled: list[torch.Tensor | None] = [None] * len(keys)
+        retrieval: list[torch.Tensor | None] = [None] * len(keys)
         chunk = 256
         with torch.no_grad():
             for start in range(0, len(keys), chunk):
-                part = keys[start:start + chunk]
-                tokenized = [encoder.tokenizer([texts[k]])[0] for k in part]
-                for batch in _budget_batches(tokenized, encoder.token_budget):
+                tokenized = encoder.tokenizer([texts[k] for k in keys[start:start + chunk]])
+                for batch in _budget_batches(tokenized, encoder.token_budget):  # length-bucketed: not in order
                     states, vectors = encoder.forward([tokenized[i] for i in batch], project=False)
-                    pooled += list(states.float().cpu())
-                    retrieval += list(vectors.float().cpu())
+                    for row, index in enumerate(batch):
+                        pooled[start + index] = states[row].float().cpu()
+                        retrieval[start + index] = vectors[row].float().cpu()
                 log(f"joint: encoded {min(start + chunk, len(keys))}/{len(keys)} texts with the frozen encoder")
         encoded = cls(keys, torch.stack(pooled), torch.stack(retrieval))
         save_file({"pooled": encoded.pooled, "retrieval": encoded.retrieval}, str(path))

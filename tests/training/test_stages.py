@@ -231,3 +231,21 @@ def test_an_interrupted_joint_run_resumes_bit_identically(teacher_bundle, tmp_pa
     for part in ("ranker/adapter.safetensors", "ranker/interaction.safetensors", "projection.safetensors"):
         assert (straight.path / part).read_bytes() == (resumed.path / part).read_bytes(), part
     assert straight.config.fusion == resumed.config.fusion
+
+
+def test_the_frozen_encoder_cache_keeps_every_text_on_its_own_row(base_bundle, tmp_path):
+    """Texts of mixed lengths are encoded in length-bucketed batches; each row must stay its text's."""
+    from mixlm.training.joint import EncodedTexts
+
+    bundle = load_bundle(base_bundle)
+    encoder = ItemEncoder(bundle.load_encoder("cpu"), bundle.encoder_tokenizer, bundle.config.encoding, "",
+                          token_budget=64)
+    texts = {f"doc:{n}": "word " * (1 + (n * 7) % 23) + f"item {n}" for n in range(40)}
+    cached = EncodedTexts.build(tmp_path / "encoded.safetensors", encoder, texts, log=lambda line: None)
+    keys = list(texts)
+    _, retrieval = cached.get(keys)
+    one_by_one = [ItemEncoder(encoder.model, bundle.encoder_tokenizer, bundle.config.encoding, "").forward(
+        encoder.tokenizer([texts[k]]), project=False)[1][0] for k in keys]
+    np.testing.assert_allclose(retrieval.numpy(), torch.stack(one_by_one).detach().numpy(), atol=1e-5)
+    again = EncodedTexts.build(tmp_path / "encoded.safetensors", encoder, texts, log=lambda line: None)
+    assert torch.equal(again.retrieval, cached.retrieval)  # read back from the run, not recomputed
