@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.config import EncodingConfig, ProjectionConfig, RankerInputs, default_pooling
 from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
@@ -178,7 +179,8 @@ class EncodedTexts:
         with torch.no_grad():
             for start in range(0, len(keys), chunk):
                 tokenized = encoder.tokenizer([texts[k] for k in keys[start:start + chunk]])
-                for batch in _budget_batches(tokenized, encoder.token_budget):  # length-bucketed: not in order
+                lengths = [len(t.ids) for t in tokenized]
+                for batch in token_budget_batches(lengths, encoder.token_budget):  # length-bucketed: not in order
                     states, vectors = encoder.forward([tokenized[i] for i in batch], project=False)
                     for row, index in enumerate(batch):
                         pooled[start + index] = states[row].float().cpu()
@@ -192,12 +194,6 @@ class EncodedTexts:
     def get(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.row[k] for k in keys]
         return self.pooled[rows], self.retrieval[rows]
-
-
-def _budget_batches(tokenized, budget: int) -> list[list[int]]:
-    from mixlm.encoders.batching import token_budget_batches
-
-    return token_budget_batches([len(t.ids) for t in tokenized], budget)
 
 
 def calibrate_projection(projection: torch.nn.Module, pooled: torch.Tensor, target_rms: float) -> float:
@@ -333,7 +329,7 @@ def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded:
                        inputs_for: Callable, dev: BeirDataset, log) -> dict:
     """MixLM's dev NDCG@10 beside BM25's and dense's, and the fusion weights fitted on the dev queries."""
     from mixlm.training.evaluation import ndcg_at_10
-    from mixlm.training.rerank_eval import fused_run
+    from mixlm.training.rerank_eval import bm25_dense_run, fused_run
 
     candidates = bm25_candidates(dev, DEV_RERANK_DEPTH)
     mixlm_run, dense_run = {}, {}
@@ -349,12 +345,8 @@ def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded:
             dense_run[qid] = dict(zip(docs, map(float, (retrieval[1:] @ retrieval[0]).cpu().numpy()), strict=True))
     fusion, grid = fit_fusion(dev.qrels, candidates, mixlm_run, dense_run,
                               fitted_on=f"{dev.name}/{dev.split} ({len(dev.qrels)} queries)")
-    bm25_run = {q: dict(hits) for q, hits in candidates.items()}
-    from mixlm.encoders.config import FusionConfig
-
-    baseline = fused_run(FusionConfig(mixlm=0.0, first_stage=1.0, dense=1.0), candidates,
-                         {q: dict.fromkeys(r, 0.0) for q, r in bm25_run.items()}, dense_run)
-    rows = {"bm25": bm25_run, "dense": dense_run, "bm25+dense": baseline, "mixlm": mixlm_run,
+    rows = {"bm25": {q: dict(hits) for q, hits in candidates.items()}, "dense": dense_run,
+            "bm25+dense": bm25_dense_run(candidates, dense_run), "mixlm": mixlm_run,
             "final": fused_run(fusion, candidates, mixlm_run, dense_run)}
     ndcg = {name: round(ndcg_at_10(dev.qrels, run)["ndcg@10"], 4) for name, run in rows.items()}
     log("joint: dev NDCG@10 " + "  ".join(f"{k} {v}" for k, v in ndcg.items())

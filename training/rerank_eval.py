@@ -60,9 +60,7 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
         seconds["encode"] = time.monotonic() - started
         runs["dense"] = _dense_run(candidates, encoded)
         seconds["dense"] = time.monotonic() - started
-        runs["bm25+dense"] = fused_run(FusionConfig(mixlm=0.0, first_stage=1.0, dense=1.0), candidates,
-                                       {q: {d: 0.0 for d, _ in hits} for q, hits in candidates.items()},
-                                       runs["dense"])
+        runs["bm25+dense"] = bm25_dense_run(candidates, runs["dense"])
         if {"mixlm", "final"} & set(wanted):
             from mixlm.ranker.model import MixedInputRanker
 
@@ -138,6 +136,12 @@ def _dense_run(candidates, encoded) -> dict:
         query = encoded[("query", qid)].retrieval_vector
         run[qid] = {d: float(np.dot(query, encoded[d].retrieval_vector)) for d, _ in hits}
     return run
+
+
+def bm25_dense_run(candidates, dense_run: dict) -> dict:
+    """The first stages' own fusion: z-scored BM25 and dense, equal weights (MixLM has no say)."""
+    no_mixlm = {q: {d: 0.0 for d, _ in hits} for q, hits in candidates.items()}
+    return fused_run(FusionConfig(mixlm=0.0, first_stage=1.0, dense=1.0), candidates, no_mixlm, dense_run)
 
 
 def fused_run(fusion: FusionConfig | None, candidates, mixlm_run: dict, dense_run: dict) -> dict:

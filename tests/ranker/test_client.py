@@ -149,7 +149,7 @@ def test_request_batcher_serves_concurrent_callers_together(client):
                                    [i.log_odds for i in expected[query].items], atol=1e-4)
 
 
-def test_first_stage_scores_give_the_bundle_s_fused_final_score(client, tiny_bundle, store_path):
+def test_first_stage_scores_give_the_bundle_s_fused_final_score(client):
     from mixlm.encoders.config import FusionConfig
     from mixlm.ranker.fusion import standardise
 
