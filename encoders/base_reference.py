@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mixlm.schemas.errors import InputError
+
 BASE_FILE = "base.json"
 
 
@@ -50,7 +52,7 @@ def resolve_base(folder: str | Path) -> Path:
     try:
         pin = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not a base model reference: {exc}") from None
+        raise InputError(f"{path} is not a base model reference: {exc}") from None
     if "pretrained" in pin:
         base = resolve_pretrained(pin["pretrained"])
         fetched = json.loads((base / MANIFEST).read_text()).get("wheel_sha256")

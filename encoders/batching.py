@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from mixlm.schemas.errors import InputError
+
 
 def token_budget_batches(lengths: Sequence[int], budget: int) -> Iterator[list[int]]:
     """Index batches with ``max(length) * len(batch) <= budget``; an item over budget goes alone."""
     if budget < 1:
-        raise ValueError(f"token budget must be positive, got {budget}")
+        raise InputError(f"token budget must be positive, got {budget}")
     batch: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
         longest = max(lengths[index], 1)  # ascending order: the newest item is the batch's longest

@@ -33,6 +33,7 @@ from mixlm.encoders.config import (
     default_projection,
 )
 from mixlm.encoders.fingerprint import encoder_fingerprint
+from mixlm.schemas.errors import InputError
 
 ENCODER_DIR = "encoder"
 RANKER_DIR = "ranker"
@@ -110,7 +111,7 @@ class Bundle:
         """Refuse a bundle whose encoder changed after sealing: its vectors would be stored under a wrong id."""
         current = self.fingerprint()
         if current != self.encoder_id:
-            raise ValueError(f"bundle {self.path}: its encoder files or settings changed after its encoder_id was "
+            raise InputError(f"bundle {self.path}: its encoder files or settings changed after its encoder_id was "
                              f"computed ({self.encoder_id} in {CONFIG_NAME}, {current} now); "
                              "seal it again with mixlm.encoders.seal_bundle()")
 
@@ -130,11 +131,11 @@ def answer_token_ids(tokenizer, prompt: PromptTemplate) -> PromptTemplate:
     for word in (prompt.yes, prompt.no):
         tokens = tokenizer.encode(word, add_special_tokens=False)
         if len(tokens) != 1:
-            raise ValueError(f"the ranker tokenizer splits the answer {word!r} into {len(tokens)} tokens {tokens}; "
+            raise InputError(f"the ranker tokenizer splits the answer {word!r} into {len(tokens)} tokens {tokens}; "
                              "the yes/no head needs one token each (set prompt yes/no to words it keeps whole)")
         ids.append(tokens[0])
     if ids[0] == ids[1]:
-        raise ValueError(f"the answers {prompt.yes!r} and {prompt.no!r} are the same token {ids[0]}")
+        raise InputError(f"the answers {prompt.yes!r} and {prompt.no!r} are the same token {ids[0]}")
     return dataclasses.replace(prompt, yes_token_id=ids[0], no_token_id=ids[1])
 
 
@@ -178,7 +179,7 @@ def init_bundle(out_dir: str | Path, encoder_path: str | Path, ranker_path: str 
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not empty; a bundle needs a new directory")
+        raise InputError(f"{out} already exists and is not empty; a bundle needs a new directory")
     (encoder_name, encoder_files, encoder_ref), (ranker_name, ranker_files, ranker_ref) = (
         _model_source(encoder_path), _model_source(ranker_path))
     encoder_config, ranker_config = read_config(encoder_files), read_config(ranker_files)
@@ -186,7 +187,7 @@ def init_bundle(out_dir: str | Path, encoder_path: str | Path, ranker_path: str 
     ranker = ModelInfo(ranker_name, model_kind(ranker_config), ranker_config.hidden_size)
     positions = getattr(encoder_config, "max_position_embeddings", None)
     if positions and max_length > positions:
-        raise ValueError(f"max_length {max_length} exceeds the encoder's {positions} positions")
+        raise InputError(f"max_length {max_length} exceeds the encoder's {positions} positions")
     config = BundleConfig(
         encoder=encoder, ranker=ranker,
         encoding=EncodingConfig(pooling or default_pooling(encoder.kind, n_tokens), n_tokens, max_length),

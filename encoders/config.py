@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mixlm.schemas.errors import InputError
+
 BUNDLE_FORMAT = 1
 CONFIG_NAME = "mixlm.json"
 POOLINGS = ("last", "last_k", "mean")
@@ -28,7 +30,7 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+            raise InputError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,13 @@ class EncodingConfig:
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.n_tokens < 1 or (self.pooling != "last_k" and self.n_tokens != 1):
-            raise ValueError(f"{self.pooling} pooling gives 1 embedding token; n_tokens={self.n_tokens} needs last_k")
+            raise InputError(f"{self.pooling} pooling gives 1 embedding token; n_tokens={self.n_tokens} needs last_k")
         if self.max_length < self.n_tokens:
-            raise ValueError(f"max_length {self.max_length} is shorter than n_tokens {self.n_tokens}")
+            raise InputError(f"max_length {self.max_length} is shorter than n_tokens {self.n_tokens}")
         if "{title}" not in self.item_template or "{text}" not in self.item_template:
-            raise ValueError(f"item_template must contain {{title}} and {{text}}, got {self.item_template!r}")
+            raise InputError(f"item_template must contain {{title}} and {{text}}, got {self.item_template!r}")
 
     def format_item(self, title: str, text: str) -> str:
         return self.item_template.format(title=title, text=text)
@@ -62,9 +64,9 @@ class ProjectionConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.kind!r}")
+            raise InputError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.kind!r}")
         if self.kind == "identity" and self.in_dim != self.out_dim:
-            raise ValueError(f"identity projection needs equal widths, got {self.in_dim} -> {self.out_dim}")
+            raise InputError(f"identity projection needs equal widths, got {self.in_dim} -> {self.out_dim}")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         if "{query}" not in self.instruction:
-            raise ValueError(f"prompt instruction must contain {{query}}, got {self.instruction!r}")
+            raise InputError(f"prompt instruction must contain {{query}}, got {self.instruction!r}")
 
 
 def default_pooling(kind: str, n_tokens: int) -> str:
@@ -101,15 +103,15 @@ def default_projection(in_dim: int, out_dim: int) -> str:
 
 def _build(cls, data: Any, where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be an object, got {type(data).__name__}")
+        raise InputError(f"{where} must be an object, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{where} has unknown keys {', '.join(unknown)}")
+        raise InputError(f"{where} has unknown keys {', '.join(unknown)}")
     try:
         return cls(**data)
     except TypeError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise InputError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         if min(self.mixlm, self.first_stage, self.dense) < 0:
-            raise ValueError("fusion weights must be >= 0")
+            raise InputError("fusion weights must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,10 @@ class BundleConfig:
 
     def __post_init__(self) -> None:
         if self.ranker.kind != "decoder":
-            raise ValueError(f"the ranker must be a causal LM; {self.ranker.base} is {self.ranker.kind}")
+            raise InputError(f"the ranker must be a causal LM; {self.ranker.base} is {self.ranker.kind}")
         widths = (self.encoder.hidden_size, self.ranker.hidden_size)
         if (self.projection.in_dim, self.projection.out_dim) != widths:
-            raise ValueError(f"projection {self.projection.in_dim} -> {self.projection.out_dim} does not map the "
+            raise InputError(f"projection {self.projection.in_dim} -> {self.projection.out_dim} does not map the "
                              f"encoder width {widths[0]} to the ranker width {widths[1]}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,12 +178,12 @@ class BundleConfig:
     def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
         if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
             found = data.get("format") if isinstance(data, dict) else None
-            raise ValueError(f"bundle format {found!r}; this mixlm reads format {BUNDLE_FORMAT}")
+            raise InputError(f"bundle format {found!r}; this mixlm reads format {BUNDLE_FORMAT}")
         parts = {"encoder": ModelInfo, "ranker": ModelInfo, "encoding": EncodingConfig,
                  "projection": ProjectionConfig, "prompt": PromptTemplate}
         missing = sorted(set(parts) - set(data))
         if missing:
-            raise ValueError(f"mixlm.json lacks {', '.join(missing)}")
+            raise InputError(f"mixlm.json lacks {', '.join(missing)}")
         built = {name: _build(kind, data[name], name) for name, kind in parts.items()}
         optional = {"inputs": RankerInputs, "fusion": FusionConfig}
         built.update({name: _build(kind, data[name], name) for name, kind in optional.items()
@@ -201,4 +203,4 @@ class BundleConfig:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except ValueError as exc:  # json.JSONDecodeError included
-            raise ValueError(f"{path}: {exc}") from None
+            raise InputError(f"{path}: {exc}") from None

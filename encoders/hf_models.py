@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from mixlm.schemas.errors import InputError
+
 # Bidirectional encoders; every other architecture is treated as a decoder (causal LM).
 ENCODER_ONLY_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta",
                                 "deberta-v2", "modernbert", "camembert", "albert"})
@@ -38,7 +40,7 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     dtype = dtype or os.environ.get("MIXLM_DTYPE") or None
     if dtype is not None:
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         return DTYPES[dtype]
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bfloat16()):
         return torch.bfloat16

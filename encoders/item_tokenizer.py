@@ -11,6 +11,8 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mixlm.schemas.errors import InputError
+
 
 @dataclass(frozen=True)
 class TokenizedItem:
@@ -27,13 +29,13 @@ class ItemTokenizer:
         """``tokenizer``: a transformers tokenizer backed by the ``tokenizers`` library (a tokenizer.json)."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
-            raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; the encoder needs a tokenizer.json")
+            raise InputError(f"{type(tokenizer).__name__} is not a fast tokenizer; the encoder needs a tokenizer.json")
         self._backend = copy.deepcopy(backend)  # private copy: HF toggles truncation/padding on the shared one
         self._backend.no_truncation()
         self._backend.no_padding()
         self.n_special = self._backend.num_special_tokens_to_add(False)
         if max_length <= self.n_special:
-            raise ValueError(f"max_length {max_length} leaves no room for text after {self.n_special} special tokens")
+            raise InputError(f"max_length {max_length} leaves no room for text after {self.n_special} special tokens")
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

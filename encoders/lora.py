@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mixlm.schemas.errors import InputError
+
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 # "model.layers.12.self_attn.q_proj" (Llama and most decoders), "encoder.layer.3.attention.self.query" (BERT)
@@ -31,9 +33,9 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+            raise InputError(f"LoRA rank must be >= 1, got {self.rank}")
         if self.top_layers is not None and self.top_layers < 1:
-            raise ValueError(f"top_layers must be >= 1, got {self.top_layers}")
+            raise InputError(f"top_layers must be >= 1, got {self.top_layers}")
 
     @property
     def scale(self) -> float:
@@ -67,7 +69,7 @@ def _blocks(model: nn.Module) -> dict[str, int]:
         if isinstance(module, nn.Linear) and match:
             found[name] = int(match.group(1))
     if not found:
-        raise ValueError(f"{type(model).__name__} has no linear layers inside numbered blocks to adapt")
+        raise InputError(f"{type(model).__name__} has no linear layers inside numbered blocks to adapt")
     return found
 
 
@@ -115,7 +117,7 @@ def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = {f"{name}.lora_{part}" for name in adapters for part in "AB"}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"adapter does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}")
+        raise InputError(f"adapter does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}")
     with torch.no_grad():
         for name, module in adapters.items():
             module.lora_A.copy_(state[f"{name}.lora_A"])
@@ -167,7 +169,7 @@ def read_adapter(folder: str | Path) -> tuple[LoraConfig, dict[str, torch.Tensor
     try:
         config = LoraConfig(**json.loads((folder / ADAPTER_CONFIG).read_text()))
     except (OSError, TypeError, ValueError) as exc:
-        raise ValueError(f"{folder / ADAPTER_CONFIG} is not a LoRA adapter config: {exc}") from None
+        raise InputError(f"{folder / ADAPTER_CONFIG} is not a LoRA adapter config: {exc}") from None
     return config, load_file(str(folder / ADAPTER_WEIGHTS))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from mixlm.encoders.config import POOLINGS
+from mixlm.schemas.errors import InputError
 
 
 def last_positions(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -30,9 +31,9 @@ def last_positions(attention_mask: torch.Tensor, k: int) -> torch.Tensor:
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, strategy: str, n_tokens: int = 1) -> torch.Tensor:
     """``[B, L, H]`` hidden states -> ``[B, n_tokens, H]``; every row needs at least one real token."""
     if strategy not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {strategy!r}")
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {strategy!r}")
     if strategy != "last_k" and n_tokens != 1:
-        raise ValueError(f"{strategy} pooling gives one embedding token; use last_k for {n_tokens}")
+        raise InputError(f"{strategy} pooling gives one embedding token; use last_k for {n_tokens}")
     if not bool(attention_mask.bool().any(dim=1).all()):
         raise ValueError("cannot pool a row without tokens (its attention mask is all zeros)")
     if strategy == "mean":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mixlm.config import mixlm_home
 from mixlm.encoders.fingerprint import file_sha256
+from mixlm.schemas.errors import InputError
 
 MANIFEST = "mixlm-model.json"  # written last: its presence marks a complete fetch
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "*.h5", "*.msgpack")
@@ -57,7 +58,7 @@ PRETRAINED = {
 
 def _known(name: str) -> PretrainedModel:
     if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}")
+        raise InputError(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}")
     return PRETRAINED[name]
 
 

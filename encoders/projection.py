@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mixlm.encoders.config import ProjectionConfig
+from mixlm.schemas.errors import InputError
 
 
 def build_projection(config: ProjectionConfig) -> nn.Module:
@@ -70,5 +71,5 @@ def _load_into(module: nn.Module, path: str | Path, what: str) -> nn.Module:
     try:
         module.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:  # missing or mis-shaped tensors
-        raise ValueError(f"{path} does not hold {what}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"{path} does not hold {what}: {str(exc).splitlines()[0]}") from None
     return module.eval()

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mixlm.schemas.errors import InputError
+
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 VOCAB_SIZE = 600
 RANKER_WIDTH = 64
@@ -71,7 +73,7 @@ def _bert(vocab_size: int, width: int):
 def save_tiny_models(work_dir: Path, *, encoder_kind: str, seed: int) -> tuple[Path, Path]:
     """Write a tiny encoder and ranker model folder (weights from ``seed``); returns their paths."""
     if encoder_kind not in ENCODER_WIDTHS:
-        raise ValueError(f"encoder_kind must be one of {', '.join(ENCODER_WIDTHS)}, got {encoder_kind!r}")
+        raise InputError(f"encoder_kind must be one of {', '.join(ENCODER_WIDTHS)}, got {encoder_kind!r}")
     tokenizer = train_tiny_tokenizer()
     vocab_size = tokenizer.get_vocab_size()
     width = ENCODER_WIDTHS[encoder_kind]

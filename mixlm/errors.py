@@ -9,28 +9,47 @@ from typing import TypeVar
 
 import click
 
-from mixlm.schemas import CorruptRecordError, ValidationError
-from mixlm.store.errors import EncoderNotFoundError, JobNotFoundError, StoreError, StoreNotFoundError
+from mixlm.schemas import CorruptRecordError, InputError, UnavailableError
+from mixlm.store.errors import (
+    EncoderNotFoundError,
+    JobNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreNotFoundError,
+)
 
 F = TypeVar("F", bound=Callable)
 
-# Exit codes scripts may rely on.
+# Exit codes scripts may rely on (docs/reliability.md lists them with the failures behind them).
 EXIT_ERROR = 1
 EXIT_NOT_FOUND = 2
 EXIT_NO_STORE = 3
 EXIT_CORRUPT = 4
+EXIT_UNAVAILABLE = 5
+
+
+class JobCancelled(Exception):
+    """A job stopped by SIGINT or SIGTERM; the command exits 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        self.signum = signum
+        super().__init__(message)
 
 
 def _exit_code(exc: Exception) -> int | None:
-    if isinstance(exc, CorruptRecordError):
+    if isinstance(exc, JobCancelled):
+        return 128 + exc.signum
+    if isinstance(exc, (CorruptRecordError, StoreCorruptError)):
         return EXIT_CORRUPT
     if isinstance(exc, StoreNotFoundError):
         return EXIT_NO_STORE
     if isinstance(exc, (JobNotFoundError, EncoderNotFoundError, FileNotFoundError)):
         return EXIT_NOT_FOUND
-    if isinstance(exc, (StoreError, ValidationError, ValueError, KeyError)):
+    if isinstance(exc, UnavailableError):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, (StoreError, InputError)):
         return EXIT_ERROR
-    return None
+    return None  # a programming error: its traceback is the useful report
 
 
 def user_errors(func: F) -> F:
@@ -55,3 +74,4 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     prog = click.get_current_context().find_root().command.name or "mixlm"
     click.echo(f"{prog}: error: {message}", err=True)
     sys.exit(code)
+

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import IO
 
 from mixlm.config import mixlm_home
+from mixlm.schemas.errors import InputError
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -132,7 +133,7 @@ def free_port(host: str = HOST) -> int:
 def _first_address(bootstrap_servers: str) -> tuple[str, int]:
     host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"bootstrap servers must be host:port, got {bootstrap_servers!r}")
+        raise InputError(f"bootstrap servers must be host:port, got {bootstrap_servers!r}")
     return host.strip("[]"), int(port)
 
 

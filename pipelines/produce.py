@@ -23,6 +23,7 @@ import click
 from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
 from mixlm.output import output_option, render
 from mixlm.schemas import ValidationError, parse_item_event
+from mixlm.schemas.errors import InputError
 
 DEFAULT_PARTITIONS = 2
 DEFAULT_TIMEOUT_S = 10.0
@@ -74,7 +75,7 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = DEFAULT_P
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
+        raise InputError(f"partitions must be >= 1, got {partitions}")
     timeout_ms = int(timeout_s * 1000)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, bootstrap_timeout_ms=timeout_ms,

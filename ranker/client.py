@@ -16,6 +16,7 @@ import numpy as np
 from mixlm.encoders.config import FusionConfig
 from mixlm.ranker.fusion import fuse
 from mixlm.ranker.model import MixedInputRanker
+from mixlm.schemas.errors import InputError
 from mixlm.store import EmbeddingStore
 from mixlm.store.errors import StoreError
 
@@ -71,7 +72,7 @@ class RankerClient:
         self.uses_dense = bool(fusion and fusion.dense)
         needs_query = ranker.inputs.query_vector or ranker.inputs.interaction or self.uses_dense
         if needs_query and query_encoder is None:
-            raise ValueError("this ranker reads the query's vectors: pass the bundle's encoder as query_encoder "
+            raise InputError("this ranker reads the query's vectors: pass the bundle's encoder as query_encoder "
                              "(RankerClient.open does)")
         self.ranker = ranker
         self.store = store
@@ -115,13 +116,13 @@ class RankerClient:
         for request in requests:
             unique = list(dict.fromkeys(request.item_ids))
             if len(unique) > self.max_candidates:
-                raise ValueError(f"{len(unique)} candidates, more than the cap of {self.max_candidates} per request")
+                raise InputError(f"{len(unique)} candidates, more than the cap of {self.max_candidates} per request")
             if not request.query.strip():
-                raise ValueError("the query is empty")
+                raise InputError("the query is empty")
             if request.first_stage_scores is not None:
                 absent = [i for i in unique if i not in request.first_stage_scores]
                 if absent:
-                    raise ValueError(f"first_stage_scores lacks {len(absent)} of the item ids, e.g. {absent[0]!r}")
+                    raise InputError(f"first_stage_scores lacks {len(absent)} of the item ids, e.g. {absent[0]!r}")
             lookups.append(self.store.get_many(self.ranker.encoder_id, unique, retrieval=self.needs_retrieval))
         queries = self._query_embeddings([r.query for r in requests])
         if self.backend == "naive":

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mixlm.encoders.config import FusionConfig
+from mixlm.schemas.errors import InputError
 
 FEATURES = ("mixlm", "first_stage", "dense")
 
@@ -41,6 +42,6 @@ def fuse(fusion: FusionConfig | None, log_odds: np.ndarray, *, first_stage: np.n
         weight, values = getattr(fusion, name), features[name]
         if weight and values is not None:
             if len(values) != len(log_odds):
-                raise ValueError(f"{name}: {len(values)} scores for {len(log_odds)} candidates")
+                raise InputError(f"{name}: {len(values)} scores for {len(log_odds)} candidates")
             total += weight * standardise(values)
     return total

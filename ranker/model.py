@@ -23,6 +23,7 @@ from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.config import PromptTemplate, RankerInputs
 from mixlm.encoders.item_encoder import EncodedItem
+from mixlm.schemas.errors import InputError
 
 BACKENDS = ("naive", "amortized")
 DEFAULT_TOKEN_BUDGET = 16_384
@@ -45,9 +46,9 @@ class MixedInputRanker:
         ``RankerInputs``; ``token_budget`` bounds the padded candidate positions of one amortized pass."""
         inputs = inputs or RankerInputs()
         if inputs.interaction and interaction is None:
-            raise ValueError("the ranker reads query-item interactions but has no interaction weights")
+            raise InputError("the ranker reads query-item interactions but has no interaction weights")
         if prompt.yes_token_id is None or prompt.no_token_id is None:
-            raise ValueError("the prompt has no yes/no token ids; seal the bundle first")
+            raise InputError("the prompt has no yes/no token ids; seal the bundle first")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prompt = prompt
@@ -145,7 +146,7 @@ class MixedInputRanker:
         items' retrieval vectors) are needed by a ranker that reads them (``RankerInputs``).
         """
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "amortized":
             return self.score_batch([(query, items)], query_embeddings=[query_embedding],
                                     item_retrievals=[item_retrieval])[0]
@@ -231,5 +232,5 @@ class MixedInputRanker:
 
 def _require(value, what: str) -> None:
     if value is None:
-        raise ValueError(f"this ranker reads {what}: pass them (RankerClient does, with the bundle's encoder and "
+        raise InputError(f"this ranker reads {what}: pass them (RankerClient does, with the bundle's encoder and "
                          "the store's retrieval vectors)")

@@ -5,7 +5,7 @@ import pyarrow. Nothing here imports torch.
 """
 
 from mixlm.schemas.embedding_record import DTYPES, EmbeddingRecord, check_encoder_id
-from mixlm.schemas.errors import CorruptRecordError, ValidationError
+from mixlm.schemas.errors import CorruptRecordError, InputError, UnavailableError, ValidationError
 from mixlm.schemas.item_event import DEFAULT_MAX_TEXT_BYTES, ItemEvent, parse_item_event
 from mixlm.schemas.job_manifest import (
     JOB_KINDS,
@@ -22,9 +22,11 @@ __all__ = [
     "JOB_STATUSES",
     "CorruptRecordError",
     "EmbeddingRecord",
+    "InputError",
     "ItemEvent",
     "JobCounts",
     "JobManifest",
+    "UnavailableError",
     "ValidationError",
     "check_encoder_id",
     "new_job_id",

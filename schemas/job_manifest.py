@@ -12,7 +12,7 @@ from mixlm.schemas.errors import ValidationError
 from mixlm.schemas.timefmt import format_rfc3339, utc_now
 
 JOB_KINDS = ("backfill", "stream", "load")
-JOB_STATUSES = ("running", "succeeded", "failed")
+JOB_STATUSES = ("running", "succeeded", "failed", "cancelled")
 _ID_PREFIX = {"backfill": "bf", "stream": "st", "load": "ld"}
 # The order of keys in JSON/YAML output; scripts may rely on it.
 MANIFEST_KEYS = ("job_id", "kind", "status", "encoder_id", "started", "finished", "updated",

@@ -7,6 +7,7 @@ from mixlm.store.errors import (
     CorruptItemError,
     EncoderNotFoundError,
     JobNotFoundError,
+    StoreCorruptError,
     StoreError,
     StoreNotFoundError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "JobRegistry",
     "Lookup",
     "SnapshotWriter",
+    "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",
     "WriteResult",

@@ -21,6 +21,10 @@ class EncoderNotFoundError(StoreError):
     pass
 
 
+class StoreCorruptError(StoreError):
+    """The store's LMDB file or a snapshot part is damaged (not one record: see CorruptItemError)."""
+
+
 class CorruptItemError(StoreError, CorruptRecordError):
     def __init__(self, encoder_id: str, item_id: str, reason: str):
         self.item_id = item_id

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixlm.schemas.errors import InputError
+
 
 @dataclass(frozen=True)
 class Document:
@@ -53,7 +55,7 @@ def read_qrels(dataset_dir: str | Path, split: str) -> dict[str, dict[str, int]]
             if number == 0 and not cells[-1].lstrip("-").isdigit():
                 continue  # header
             if len(cells) != 3:
-                raise ValueError(f"{path}:{number + 1}: expected 3 tab-separated columns, got {len(cells)}")
+                raise InputError(f"{path}:{number + 1}: expected 3 tab-separated columns, got {len(cells)}")
             qrels.setdefault(cells[0], {})[cells[1]] = int(cells[2])
     return qrels
 
@@ -94,7 +96,7 @@ class BeirDataset:
         ``limit``; training stages learn on ``rest`` and make their choices on ``dev``.
         """
         if every < 2:
-            raise ValueError(f"holdout needs every >= 2, got {every}")
+            raise InputError(f"holdout needs every >= 2, got {every}")
         dev = {q for q in self.qrels if int(hashlib.sha256(q.encode()).hexdigest(), 16) % every == 0}
 
         def part(keep: set[str], suffix: str) -> BeirDataset:

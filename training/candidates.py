@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 from mixlm.ranker.retrieval import BM25Index
+from mixlm.schemas.errors import InputError
 from mixlm.training.beir import BeirDataset, Document
 
 
@@ -75,10 +76,10 @@ class GroupSampler:
     def __init__(self, dataset: BeirDataset, candidates: dict[str, list[tuple[str, float]]], *, size: int,
                  positives: int = 1, seed: int = 0, fixed_negatives: int = 0):
         if size < 2:
-            raise ValueError(f"a training group needs at least 2 candidates, got {size}")
+            raise InputError(f"a training group needs at least 2 candidates, got {size}")
         self.top = max_grade(dataset.qrels)
         if fixed_negatives > size - 1 - positives:
-            raise ValueError(f"{fixed_negatives} fixed negatives leave no room in groups of {size} with "
+            raise InputError(f"{fixed_negatives} fixed negatives leave no room in groups of {size} with "
                              f"{positives} positive(s)")
         self.seed, self.size, self.positives, self.fixed = seed, size, positives, fixed_negatives
         self.pools = {}
@@ -88,7 +89,7 @@ class GroupSampler:
             if relevant and negatives:
                 self.pools[qid] = (relevant, negatives, judged)
         if not self.pools:
-            raise ValueError(f"{dataset.name}/{dataset.split}: no query has both a relevant document and "
+            raise InputError(f"{dataset.name}/{dataset.split}: no query has both a relevant document and "
                              "BM25 negatives to train on")
         self.order = sorted(self.pools)
         random.Random(seed).shuffle(self.order)

@@ -14,6 +14,7 @@ import torch
 
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.lora import LoraConfig
+from mixlm.schemas.errors import InputError
 from mixlm.training.beir import read_corpus
 from mixlm.training.export import write_bundle
 from mixlm.training.run import LoopConfig, RunDir, seed_everything, train_loop
@@ -36,7 +37,7 @@ def train_domain(bundle_dir: str | Path, run_dir: str | Path, config: DomainConf
     run = RunDir(run_dir, "domain", {"bundle": str(Path(bundle_dir).resolve()), **asdict(config)})
     docs = list(read_corpus(config.dataset))
     if not docs:
-        raise ValueError(f"{config.dataset} has no documents")
+        raise InputError(f"{config.dataset} has no documents")
     random.Random(config.loop.seed).shuffle(docs)
     log(f"domain: {len(docs)} documents of {Path(config.dataset).name}")
     model, params = trainable(source.load_ranker(merge_adapter=False), config.ranker_lora, config.loop.seed, log,

@@ -27,6 +27,7 @@ from mixlm.encoders.bundle import (
 from mixlm.encoders.config import BundleConfig
 from mixlm.encoders.lora import adapter_config, save_adapter
 from mixlm.encoders.projection import save_projection
+from mixlm.schemas.errors import InputError
 
 
 def _write_part(source_dir: Path, target_dir: Path, model: nn.Module | None) -> None:
@@ -35,7 +36,7 @@ def _write_part(source_dir: Path, target_dir: Path, model: nn.Module | None) -> 
         return
     config = adapter_config(model)
     if config is None:
-        raise ValueError(f"the trained model for {target_dir.name}/ has no LoRA adapters to save")
+        raise InputError(f"the trained model for {target_dir.name}/ has no LoRA adapters to save")
     if is_reference(source_dir):
         target_dir.mkdir(parents=True)
         shutil.copy2(source_dir / BASE_FILE, target_dir / BASE_FILE)

@@ -39,6 +39,7 @@ from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
 from mixlm.encoders.lora import LoraConfig, add_lora
 from mixlm.encoders.projection import init_interaction, init_projection
 from mixlm.ranker.model import MixedInputRanker
+from mixlm.schemas.errors import InputError
 from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, merged_candidates
 from mixlm.training.export import write_bundle
@@ -80,12 +81,12 @@ class JointConfig:
 
     def __post_init__(self) -> None:
         if self.fulltext_targets not in FULLTEXT_TARGETS:
-            raise ValueError(f"fulltext_targets must be one of {', '.join(FULLTEXT_TARGETS)}, "
+            raise InputError(f"fulltext_targets must be one of {', '.join(FULLTEXT_TARGETS)}, "
                              f"got {self.fulltext_targets!r}")
         if not 0 <= self.phase1_fraction <= 1:
-            raise ValueError(f"phase1_fraction must be in [0, 1], got {self.phase1_fraction}")
+            raise InputError(f"phase1_fraction must be in [0, 1], got {self.phase1_fraction}")
         if self.fulltext_targets == "live" and self.inputs.interaction:
-            raise ValueError("live full-text targets need a ranker without query-item interactions: the "
+            raise InputError("live full-text targets need a ranker without query-item interactions: the "
                              "interaction belongs to embedding tokens, not to text")
 
     def weights_at(self, step: int) -> LossWeights:

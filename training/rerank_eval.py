@@ -19,6 +19,7 @@ import numpy as np
 
 from mixlm.encoders.config import FusionConfig, RankerInputs
 from mixlm.ranker.fusion import fuse
+from mixlm.schemas.errors import InputError
 from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import bm25_candidates
 from mixlm.training.evaluation import ndcg_at_10
@@ -41,7 +42,7 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
 
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     bundle = load_bundle(bundle_dir)
     teacher = load_bundle(teacher_dir) if teacher_dir else bundle
     dataset = BeirDataset.load(dataset_dir, split).limit(max_queries)
@@ -74,7 +75,7 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
             seconds["final"] = seconds["mixlm"]
     text_methods = [(m, t) for m, t in (("truncated", truncate_tokens), ("fulltext", fulltext_tokens)) if m in wanted]
     if text_methods and teacher.config.inputs != RankerInputs():
-        raise ValueError(f"the truncated and fulltext rows need a ranker that reads text alone; {teacher.path}'s "
+        raise InputError(f"the truncated and fulltext rows need a ranker that reads text alone; {teacher.path}'s "
                          "reads query and item vectors too: give the teacher bundle with --teacher")
     if text_methods:
         from mixlm.ranker.model import MixedInputRanker

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mixlm.schemas.errors import InputError
+
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -38,7 +40,7 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError("steps, checkpoint_every and log_every must be >= 1")
+            raise InputError("steps, checkpoint_every and log_every must be >= 1")
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then cosine decay to a tenth of ``lr``."""
@@ -64,7 +66,7 @@ class RunDir:
             if previous != json.loads(json.dumps(self.config)):
                 changed = sorted(k for k in set(previous) | set(self.config)
                                  if previous.get(k) != json.loads(json.dumps(self.config.get(k))))
-                raise ValueError(f"run directory {self.path} holds a {previous.get('stage')} run with other settings "
+                raise InputError(f"run directory {self.path} holds a {previous.get('stage')} run with other settings "
                                  f"({', '.join(changed)} differ); give a new --run directory to start afresh")
         self.path.mkdir(parents=True, exist_ok=True)
         stored.write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
@@ -110,7 +112,7 @@ class RunDir:
         tensors = load_file(str(folder / "state.safetensors"))
         missing = sorted(f"param/{n}" for n in params if f"param/{n}" not in tensors)
         if missing:
-            raise ValueError(f"checkpoint in {folder} does not match this stage's parameters ({missing[0]} missing)")
+            raise InputError(f"checkpoint in {folder} does not match this stage's parameters ({missing[0]} missing)")
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[f"param/{name}"])
