@@ -85,6 +85,45 @@ def freshness_command(bundle_dir: str, corpus: Path | None, rate: float, seconds
     _report_one("freshness", result, bundle_dir, corpus, out)
 
 
+@bench.command("chaos")
+@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="model bundle (default: a fresh tiny random one: this checks bookkeeping, not relevance)")
+@click.option("--events", type=click.IntRange(min=10), default=3_000, show_default=True)
+@click.option("--items", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--poison", type=click.IntRange(min=0), default=30, show_default=True, help="poison pills among them")
+@click.option("--kills", type=click.IntRange(min=1), default=10, show_default=True, help="SIGKILLs of the consumer")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="keep the store and logs here (default: a temporary folder, removed)")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              default=RESULTS_DIR / "chaos.json", show_default=True)
+def chaos_command(bundle_dir, events, items, poison, kills, seed, workdir, out) -> None:
+    """SIGKILL the streaming consumer at random moments, then compare every item with the expected state.
+
+    Exits 1 when any item differs.
+    """
+    import tempfile
+
+    from mixlm.bench.chaos import run_chaos
+    from mixlm.bench.store_bench import machine, write_report
+    from mixlm.encoders import init_tiny_bundle
+
+    with tempfile.TemporaryDirectory(prefix="mixlm-chaos-bundle-") as scratch:
+        if bundle_dir is None:
+            bundle_dir = str(Path(scratch) / "tiny")
+            init_tiny_bundle(bundle_dir, seed=seed)
+        result = run_chaos(bundle_dir, n_events=events, n_items=items, n_poison=poison, kills=kills, seed=seed,
+                           workdir=workdir, log=lambda line: click.echo(line, err=True))
+    write_report({"benchmark": "chaos", "machine": machine(), "results": [result]}, out)
+    click.echo(columns_table([result], ("events", "items_checked", "mismatches", "kills", "killed_mid_stream",
+                                        "events_replayed", "dead_lettered")))
+    for line in result["first_mismatches"]:
+        click.echo(f"mismatch: {line}")
+    click.echo(f"wrote {out}")
+    if result["mismatches"]:
+        raise SystemExit(1)
+
+
 @bench.command("rank")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

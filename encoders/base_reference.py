@@ -18,7 +18,7 @@ from mixlm.schemas.errors import InputError
 BASE_FILE = "base.json"
 
 
-class BaseMismatchError(ValueError):
+class BaseMismatchError(InputError):
     """The base model found is not the one the adapter was trained on."""
 
 

@@ -28,15 +28,19 @@ EXIT_CORRUPT = 4
 EXIT_UNAVAILABLE = 5
 
 
-class JobCancelled(Exception):
-    """A job stopped by SIGINT or SIGTERM; the command exits 128 + the signal number."""
+class JobCancelled(BaseException):
+    """A job stopped by SIGINT or SIGTERM; the command exits 128 + the signal number.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way up
+    (Beam's among them) swallows or rewraps it.
+    """
 
     def __init__(self, signum: int, message: str):
         self.signum = signum
         super().__init__(message)
 
 
-def _exit_code(exc: Exception) -> int | None:
+def _exit_code(exc: BaseException) -> int | None:
     if isinstance(exc, JobCancelled):
         return 128 + exc.signum
     if isinstance(exc, (CorruptRecordError, StoreCorruptError)):
@@ -59,7 +63,7 @@ def user_errors(func: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - narrowed by _exit_code, others re-raised
+        except (Exception, JobCancelled) as exc:  # noqa: BLE001 - narrowed by _exit_code, others re-raised
             code = _exit_code(exc)
             if code is None:
                 raise

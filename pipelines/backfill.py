@@ -17,8 +17,9 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from mixlm.encoders.config import BundleConfig
 from mixlm.pipelines.composite import EncodeToStore
-from mixlm.pipelines.runner import pipeline_options, run_job
+from mixlm.pipelines.runner import pipeline_options, run_job, signals_cancel_job
 from mixlm.pipelines.sources import ReadCatalog
+from mixlm.pipelines.stop import STOP
 from mixlm.pipelines.transforms import METRICS_NAMESPACE
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, JobManifest
 from mixlm.store import EmbeddingStore
@@ -40,6 +41,7 @@ def run_backfill(input_path: str, bundle_dir: str, store_path: str, *, fmt: str 
     log(f"backfill {job.job_id}: {input_path} -> {snapshot_only or store.root} (encoder {encoder_id})")
     # Catalog rows without a version get the job's start time: later runs win, equal content is skipped.
     default_version = int(time.time() * 1000)
+    STOP.configure(max_seconds=None, max_records=None)  # the readers honour STOP; a stream may have left it set
 
     def run() -> None:
         pipeline = beam.Pipeline(options=pipeline_options(beam_args))
@@ -55,4 +57,5 @@ def run_backfill(input_path: str, bundle_dir: str, store_path: str, *, fmt: str 
             counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
             store.jobs.update(job.job_id, counts={c.key.metric.name: c.committed or 0 for c in counters})
 
-    return run_job(store, job, run, log)
+    with signals_cancel_job():
+        return run_job(store, job, run, log)

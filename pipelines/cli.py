@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ from mixlm.pipelines.formats import FORMATS
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, DTYPES
 
 _store_option = click.option(
-    "--store", "store_path", type=click.Path(path_type=Path, file_okay=False), envvar="MIXLM_STORE",
+    "--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
     default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store", help="store directory")
 _bundle_option = click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
                               help="model bundle directory (mixlm bundle init / mixlm train)")
@@ -73,11 +74,14 @@ def backfill(input_path, fmt, bundle_dir, store_path, snapshot_only, snapshot_dt
 @click.option("--max-seconds", type=click.FloatRange(min=0), default=None, help="stop after this long")
 @click.option("--max-records", type=click.IntRange(min=1), default=None, help="stop after reading this many")
 @click.option("--dead-letter-topic", default=None, help="also publish dead letters to this topic")
+@click.option("--broker-timeout", "broker_timeout_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="seconds to wait for the broker at the start, and to wait for it to come back when it goes away "
+                   "(then the job fails, exit 5)")
 @_with_common
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 @user_errors
 def stream(bootstrap_servers, topic, group_id, bundle_dir, store_path, max_seconds, max_records, dead_letter_topic,
-           snapshot_dtype, max_text_bytes, device, beam_args):
+           broker_timeout_s, snapshot_dtype, max_text_bytes, device, beam_args):
     """Consume item events from Kafka into the store until SIGTERM or a bound; prints the job id last.
 
     Offsets are committed to the group only after the store write is durable. Watch it
@@ -86,8 +90,11 @@ def stream(bootstrap_servers, topic, group_id, bundle_dir, store_path, max_secon
     from mixlm.pipelines.runner import describe_counts
     from mixlm.pipelines.streaming import run_stream
 
+    # kafka-python logs every failed reconnect; the stream's health check reports an outage once instead.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     manifest = run_stream(bootstrap_servers, topic, group_id, bundle_dir, str(store_path), max_seconds=max_seconds,
                           max_records=max_records, dead_letter_topic=dead_letter_topic, beam_args=beam_args,
-                          snapshot_dtype=snapshot_dtype, max_text_bytes=max_text_bytes, device=device, log=_log)
+                          snapshot_dtype=snapshot_dtype, max_text_bytes=max_text_bytes, device=device,
+                          broker_timeout_s=broker_timeout_s, log=_log)
     _log(f"{manifest.status}: {describe_counts(manifest)}")
     click.echo(manifest.job_id)

@@ -29,6 +29,8 @@ class RawEvent:
     position: KafkaPosition | None = None
     # Catalogs without versions (a BEIR corpus) get the job's start time as their version.
     default_version: int | None = None
+    # Set by a reader that could not turn its input into an event: the dead letter's reason.
+    error: str | None = None
 
 
 @dataclass
@@ -43,7 +45,7 @@ class ParsedEvent:
 RECORD = "record"  # a record to write: encoded, a tombstone, or a version-only update
 STALE = "stale"  # older than or equal to the stored version; nothing to write
 UNCHANGED = "unchanged"  # same content and version as stored; nothing to write
-DEAD = "dead"  # failed validation
+DEAD = "dead"  # failed to read, parse, validate or encode: a dead letter
 
 
 @dataclass

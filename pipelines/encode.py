@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler
 
-from mixlm.pipelines.elements import RECORD, Outcome, ParsedEvent
+from mixlm.pipelines.elements import RECORD, Outcome, ParsedEvent, RawEvent
+from mixlm.pipelines.transforms import dead_outcome
+from mixlm.schemas.item_event import one_line
 
 _LOADED: dict[tuple[str, str | None], object] = {}
 _LOADED_LOCK = threading.Lock()
@@ -28,6 +30,14 @@ def load_encoder(bundle_dir: str, device: str | None):
         if key not in _LOADED:
             _LOADED[key] = ItemEncoder.from_bundle(bundle_dir, device=device)
         return _LOADED[key]
+
+
+def _systemic(exc: Exception) -> bool:
+    """Out of memory or a failed accelerator (``AcceleratorError`` from torch 2.8): the machine's fault."""
+    import torch  # loaded with the model already
+
+    return isinstance(exc, tuple(kind for kind in (MemoryError, torch.cuda.OutOfMemoryError,
+                                                   getattr(torch, "AcceleratorError", None)) if kind))
 
 
 class ItemEncoderHandler(ModelHandler[ParsedEvent | Outcome, Outcome, object]):
@@ -44,13 +54,29 @@ class ItemEncoderHandler(ModelHandler[ParsedEvent | Outcome, Outcome, object]):
     def run_inference(self, batch: Sequence[ParsedEvent | Outcome], model, inference_args=None) -> Iterable[Outcome]:
         """Encode the batch's undecided events in one call; decided outcomes pass through in order."""
         pending = [element for element in batch if isinstance(element, ParsedEvent)]
-        records = iter(model.encode_events([p.event for p in pending], job_id=self.job_id, encoded_at=time.time())
-                       if pending else [])
+        encoded = iter(self._encode(pending, model))
         for element in batch:
-            if isinstance(element, Outcome):
-                yield element
-            else:
-                yield Outcome(RECORD, element.source, element.position, record=next(records), encoded=True)
+            yield element if isinstance(element, Outcome) else next(encoded)
+
+    def _encode(self, pending: list[ParsedEvent], model) -> list[Outcome]:
+        """One call for all; if it fails, one call per event, and those that fail alone are dead letters.
+
+        A systemic error (out of memory, the accelerator failed) is not the item's: it fails the job.
+        """
+        if not pending:
+            return []
+        try:
+            records = model.encode_events([p.event for p in pending], job_id=self.job_id, encoded_at=time.time())
+        except Exception as exc:
+            if _systemic(exc):
+                raise
+            if len(pending) > 1:
+                return [outcome for parsed in pending for outcome in self._encode([parsed], model)]
+            parsed = pending[0]
+            raw = RawEvent(parsed.event.to_json().encode(), parsed.source, position=parsed.position)
+            return [dead_outcome(raw, f"encoding failed: {one_line(exc)}")]
+        return [Outcome(RECORD, parsed.source, parsed.position, record=record, encoded=True)
+                for parsed, record in zip(pending, records, strict=True)]
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self.max_batch_items}

@@ -24,6 +24,7 @@ from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
 from mixlm.output import output_option, render
 from mixlm.schemas import ValidationError, parse_item_event
 from mixlm.schemas.errors import InputError
+from mixlm.schemas.item_event import decode_json, rejection_reason
 
 DEFAULT_PARTITIONS = 2
 DEFAULT_TIMEOUT_S = 10.0
@@ -95,14 +96,17 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = DEFAULT_P
 
 def _best_effort_key(line: bytes) -> bytes | None:
     """The item_id of an invalid line sent raw, when it has a usable one."""
-    import json
-
     try:
-        data = json.loads(line)
-    except ValueError:
+        data = decode_json(line)
+    except ValidationError:
         return None
     item_id = data.get("item_id") if isinstance(data, dict) else None
-    return item_id.encode("utf-8") if isinstance(item_id, str) and item_id else None
+    if not isinstance(item_id, str) or not item_id:
+        return None
+    try:
+        return item_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        return None
 
 
 def produce_lines(bootstrap_servers: str, topic: str, lines: Iterable[bytes], *, raw: bool = False,
@@ -110,8 +114,9 @@ def produce_lines(bootstrap_servers: str, topic: str, lines: Iterable[bytes], *,
                   batch_size: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S) -> ProduceSummary:
     """Send each line (bytes, newline optional) as one event keyed by its item_id.
 
-    Invalid lines are skipped with a warning unless ``raw``. Blank lines are ignored. Returns
-    once every sent record is acknowledged (``acks=all``); ProduceError if any failed.
+    Invalid lines are skipped with a warning unless ``raw``. Blank lines are skipped and counted
+    (``blank``). Returns once every sent record is acknowledged (``acks=all``); ProduceError if
+    any failed.
     """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError, KafkaTimeoutError
@@ -143,17 +148,18 @@ def produce_lines(bootstrap_servers: str, topic: str, lines: Iterable[bytes], *,
                 continue
             try:
                 key = parse_item_event(line).item_id.encode("utf-8")
-            except ValidationError as exc:
+            except Exception as exc:  # a line that cannot be parsed, for whatever reason, is skipped or sent raw
+                reason = rejection_reason(exc)
                 summary.invalid_lines.append(number)
                 shown = len(summary.invalid_lines) <= MAX_WARNINGS
                 if not raw:
                     summary.skipped += 1
                     if shown:
-                        warn(f"line {number}: skipped: {exc}")
+                        warn(f"line {number}: skipped: {reason}")
                     continue
                 summary.invalid_sent += 1
                 if shown:
-                    warn(f"line {number}: invalid, sent as it is (--raw): {exc}")
+                    warn(f"line {number}: invalid, sent as it is (--raw): {reason}")
                 key = _best_effort_key(line)
             try:
                 producer.send(topic, key=key, value=line).add_callback(on_ack).add_errback(on_error)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from mixlm.errors import JobCancelled
 from mixlm.schemas import JobManifest
 from mixlm.store import EmbeddingStore
 
@@ -33,9 +36,11 @@ def _is_local(args: Sequence[str]) -> bool:
 
 
 def describe_counts(manifest: JobManifest) -> str:
+    """The counts on one line; corrupt records replaced only when there were any (they are rare and notable)."""
     c = manifest.counts
-    return (f"read {c.read:,}  encoded {c.encoded:,}  unchanged {c.skipped_unchanged:,}  written {c.written:,}  "
+    line = (f"read {c.read:,}  encoded {c.encoded:,}  unchanged {c.skipped_unchanged:,}  written {c.written:,}  "
             f"deleted {c.deleted:,}  stale {c.stale:,}  dead-lettered {c.dead_lettered:,}")
+    return line + (f"  corrupt-replaced {c.corrupt_replaced:,}" if c.corrupt_replaced else "")
 
 
 @contextmanager
@@ -60,14 +65,70 @@ def progress_reporter(store: EmbeddingStore, job_id: str, log: Callable[[str], N
         thread.join()
 
 
+class _Cancellation:
+    """The signal that cancelled the running job, if one did (Beam rewraps the exception it raised)."""
+
+    signum: int | None = None
+
+
+_CANCELLATION = _Cancellation()
+
+
+@contextmanager
+def signals_cancel_job() -> Iterator[None]:
+    """SIGTERM and SIGINT raise JobCancelled in the main thread: a bounded job stops where it is.
+
+    What it committed stays (every store write is one LMDB transaction). Later signals are
+    ignored until the block ends, so that marking the manifest cannot be interrupted.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGTERM, signal.SIGINT)
+
+    def cancel(signum: int, _frame) -> None:
+        for other in handled:
+            signal.signal(other, signal.SIG_IGN)
+        _CANCELLATION.signum = signum
+        raise JobCancelled(signum, f"cancelled by {signal.Signals(signum).name}")
+
+    previous = {signum: signal.signal(signum, cancel) for signum in handled}
+    _CANCELLATION.signum = None
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _CANCELLATION.signum = None
+
+
+@contextmanager
+def beam_failure_logs_silenced() -> Iterator[None]:
+    """Beam logs a failing DoFn's traceback; the job's manifest and the caller's exception already say it once."""
+    logger = logging.getLogger("apache_beam.runners.common")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def run_job(store: EmbeddingStore, job: JobManifest, run: Callable[[], None], log: Callable[[str], None],
             *, stop_reason: Callable[[], str] = lambda: "") -> JobManifest:
-    """Run the pipeline under the job's manifest: succeeded, or failed with the error."""
+    """Run the pipeline under the job's manifest: succeeded, cancelled by a signal, or failed with the error."""
     try:
-        with progress_reporter(store, job.job_id, log):
+        with progress_reporter(store, job.job_id, log), beam_failure_logs_silenced():
             run()
     except BaseException as exc:
-        store.jobs.finish(job.job_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        if _CANCELLATION.signum is not None:
+            signum = _CANCELLATION.signum
+            cancelled = JobCancelled(signum, f"cancelled by {signal.Signals(signum).name}")
+            manifest = store.jobs.finish(job.job_id, status="cancelled", error=str(cancelled))
+            log(f"[{job.job_id}] {cancelled}; committed before it: {describe_counts(manifest)}")
+            raise cancelled from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        store.jobs.finish(job.job_id, status="failed", error=f"{type(exc).__name__}: {first_line}")
         raise
     reason = stop_reason()
     if reason:

@@ -1,14 +1,26 @@
-"""Backfill inputs: ItemEvent JSONL, a BEIR ``corpus.jsonl[.gz]``, or Parquet with ItemEvent columns."""
+"""Backfill inputs: ItemEvent JSONL, a BEIR ``corpus.jsonl[.gz]``, or Parquet with ItemEvent columns.
+
+The readers number what they read, so a dead letter's ``source`` says where it came from:
+``path:LINE`` for JSONL (lines counted from 1, blank ones included) and ``path:row N`` for
+Parquet (rows counted from 1 across the file's row groups). Every line and row becomes one
+RawEvent; one the reader cannot convert carries the reason in ``error``. They stop early
+when ``STOP`` is set.
+"""
 
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam import coders
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from mixlm.pipelines.elements import RawEvent
+from mixlm.pipelines.stop import STOP
+from mixlm.schemas import ValidationError
+from mixlm.schemas.item_event import decode_json, one_line
 
 
 def detect_format(path: str) -> str:
@@ -23,13 +35,95 @@ def detect_format(path: str) -> str:
 def beir_line_to_event(line: bytes) -> bytes:
     """``{"_id","title","text"}`` -> an upsert ItemEvent; anything else passes through unchanged."""
     try:
-        doc = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = decode_json(line)
+    except ValidationError:
         return line
     if not isinstance(doc, dict) or "_id" not in doc:
         return line
     event = {"item_id": doc["_id"], "op": "upsert", "title": doc.get("title") or "", "text": doc.get("text")}
     return json.dumps(event, ensure_ascii=False).encode("utf-8")
+
+
+def _match(pattern: str) -> list[str]:
+    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
+
+
+class _ReadLines(beam.DoFn):
+    """A JSONL file (gzip and other compressions by extension) -> one RawEvent per line, as bytes.
+
+    Bytes, not str: a line that is not UTF-8 must reach the validator, not crash the read.
+    """
+
+    def __init__(self, beir: bool, default_version: int):
+        self.beir = beir
+        self.default_version = default_version
+
+    def process(self, path: str):
+        with closing(FileSystems.open(path)) as handle:
+            for number, line in enumerate(iter(handle.readline, b""), start=1):
+                if STOP.is_set():
+                    return
+                yield self._event(line.removesuffix(b"\n").removesuffix(b"\r"), f"{path}:{number}")
+
+    def _event(self, line: bytes, source: str) -> RawEvent:
+        if not self.beir:
+            return RawEvent(line, source)
+        try:
+            return RawEvent(beir_line_to_event(line), source, default_version=self.default_version)
+        except Exception as exc:  # a BEIR document JSON cannot write back (nested too deeply)
+            return RawEvent(line, source, error=f"cannot convert BEIR line: {one_line(exc)}")
+
+
+class _ReadParquetRows(beam.DoFn):
+    """A Parquet file -> one RawEvent per row of its ItemEvent columns (others are not read)."""
+
+    def __init__(self, default_version: int):
+        self.default_version = default_version
+
+    def process(self, path: str):
+        import pyarrow.parquet as pq
+
+        from mixlm.schemas.arrow import ITEM_EVENT_SCHEMA
+
+        with closing(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)) as handle:
+            parquet = pq.ParquetFile(handle)
+            columns = [name for name in ITEM_EVENT_SCHEMA.names if name in parquet.schema_arrow.names]
+            number = 0
+            for batch in parquet.iter_batches(columns=columns):
+                try:
+                    rows = batch.to_pylist()
+                except Exception:  # one value Python cannot hold fails the whole batch: convert row by row
+                    rows = [None] * batch.num_rows
+                for index, row in enumerate(rows):
+                    if STOP.is_set():
+                        return
+                    number += 1
+                    yield self._event(batch, index, row, f"{path}:row {number}")
+
+    def _event(self, batch, index: int, row: dict | None, source: str) -> RawEvent:
+        try:
+            if row is None:
+                row = batch.slice(index, 1).to_pylist()[0]
+            value = _row_json(row)
+        except Exception as exc:  # the row is this row's dead letter, shown as Arrow prints it
+            shown = batch.slice(index, 1).to_string(show_metadata=False, preview_cols=batch.num_columns)
+            return RawEvent(shown.encode("utf-8"), source, error=f"cannot convert row: {one_line(exc)}")
+        return RawEvent(value, source, default_version=self.default_version)
+
+
+def _row_json(row: dict) -> bytes:
+    """A Parquet row as ItemEvent JSON: map columns arrive as lists of pairs, JSON wants objects.
+
+    Raises for what JSON cannot hold as it is: bytes or timestamp values, and map keys that
+    are not strings (JSON would quietly turn 1 into "1").
+    """
+    fields = row.get("fields")
+    if isinstance(fields, list):
+        keys = [key for key, _value in fields if not isinstance(key, str)]
+        if keys:
+            raise TypeError(f"fields keys must be strings, got {type(keys[0]).__name__}")
+        row = {**row, "fields": dict(fields)}
+    return json.dumps({key: value for key, value in row.items() if value is not None}, ensure_ascii=False).encode()
 
 
 class ReadCatalog(beam.PTransform):
@@ -42,24 +136,14 @@ class ReadCatalog(beam.PTransform):
         self.default_version = default_version
 
     def expand(self, pbegin):
-        source, version = self.path, self.default_version
+        pattern = self.path
         if self.fmt == "parquet":
-            pattern = str(Path(source) / "*.parquet") if Path(source).is_dir() else source
-            rows = pbegin | "ReadParquet" >> beam.io.ReadFromParquet(pattern)
-            return rows | "ToRawEvents" >> beam.Map(lambda row: RawEvent(
-                json.dumps(_plain(row), ensure_ascii=False).encode(), source, default_version=version))
-        # Bytes, not str: a line that is not UTF-8 must reach the validator, not crash the read.
-        lines = (pbegin | "ReadLines" >> beam.io.ReadFromText(source, coder=coders.BytesCoder())
-                 | "DropBlankLines" >> beam.Filter(lambda line: line.strip()))
-        if self.fmt == "beir":
-            return lines | "BeirToRawEvents" >> beam.Map(
-                lambda line: RawEvent(beir_line_to_event(line), source, default_version=version))
-        return lines | "ToRawEvents" >> beam.Map(lambda line: RawEvent(line, source))
-
-
-def _plain(row: dict) -> dict:
-    """Parquet map columns arrive as lists of pairs; JSON wants objects."""
-    fields = row.get("fields")
-    if isinstance(fields, list):
-        row = {**row, "fields": dict(fields)}
-    return {key: value for key, value in row.items() if value is not None}
+            pattern = str(Path(pattern) / "*.parquet") if Path(pattern).is_dir() else pattern
+            read = _ReadParquetRows(self.default_version)
+        else:
+            read = _ReadLines(self.fmt == "beir", self.default_version)
+        return (pbegin
+                | "Pattern" >> beam.Create([pattern])
+                | "MatchFiles" >> beam.FlatMap(_match)
+                | "SpreadFiles" >> beam.Reshuffle()  # on a distributed runner, files are read by many workers
+                | "ReadFiles" >> beam.ParDo(read))

@@ -26,6 +26,7 @@ from mixlm.pipelines.elements import (
 )
 from mixlm.pipelines.stop import STOP
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, EmbeddingRecord, ValidationError, parse_item_event
+from mixlm.schemas.item_event import decode_json, rejection_reason
 from mixlm.schemas.timefmt import format_rfc3339, utc_now
 from mixlm.store import EmbeddingStore, SnapshotWriter
 from mixlm.store.dead_letters import DeadLetter
@@ -39,12 +40,23 @@ def dead_outcome(raw: RawEvent, reason: str) -> Outcome:
 
 
 class ParseEvents(beam.DoFn):
-    """RawEvent -> ParsedEvent; invalid input -> a dead-letter Outcome."""
+    """RawEvent -> ParsedEvent; anything else -> a dead-letter Outcome, whatever went wrong.
+
+    Every input a reader hands over is accounted for: a reader's conversion error, a blank
+    line or empty message, and any error while parsing one event are that event's dead
+    letter, so one poison pill never fails the job.
+    """
 
     def __init__(self, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES):
         self.max_text_bytes = max_text_bytes
 
     def process(self, raw: RawEvent):
+        if raw.error is not None:
+            yield dead_outcome(raw, raw.error)
+            return
+        if not raw.value.strip():
+            yield dead_outcome(raw, "blank line" if raw.position is None else "empty message")  # Kafka has positions
+            return
         try:
             data = raw.value
             if raw.default_version is not None:
@@ -53,17 +65,17 @@ class ParseEvents(beam.DoFn):
             auto_version = raw.default_version is not None and event.version == raw.default_version
             if raw.key is not None and raw.key != event.item_id.encode("utf-8"):
                 raise ValidationError("key", f"Kafka key {raw.key[:60]!r} does not match item_id {event.item_id!r}")
-        except ValidationError as exc:
-            yield dead_outcome(raw, str(exc))
+        except Exception as exc:  # one event's failure, of whatever kind, is that event's dead letter
+            yield dead_outcome(raw, rejection_reason(exc))
             return
         yield ParsedEvent(event, raw.source, raw.position, auto_version)
 
 
 def _with_default_version(value: bytes, version: int) -> dict | bytes:
-    """A catalog row without a version gets ``version``; anything unparsable is left to the validator."""
+    """A catalog row without a version gets ``version``; anything undecodable is left to the validator."""
     try:
-        data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = decode_json(value)
+    except ValidationError:
         return value
     if isinstance(data, dict) and data.get("version") is None:
         data = {**data, "version": version}
@@ -77,7 +89,9 @@ class ClassifyAgainstStore(beam.DoFn):
     encoded: with a newer version its stored vectors are rewritten under that version (so a
     late, older event cannot win), otherwise it is ``unchanged``. Events older than or equal
     to the stored version are ``stale`` before any encoding is spent on them. Catalog rows
-    without versions (``auto_version``) are compared by content alone.
+    without versions (``auto_version``) are compared by content alone. A stored record that
+    fails its checksum counts as absent (``get_headers`` leaves it out): its version cannot be
+    trusted, so the event is encoded and the sink's write replaces the record.
     """
 
     def __init__(self, store_path: str, encoder_id: str, job_id: str):

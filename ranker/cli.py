@@ -23,7 +23,7 @@ def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
 
 @click.command()
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--store", "store_path", type=click.Path(path_type=Path, file_okay=False), envvar="MIXLM_STORE",
+@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
               default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
 @click.option("--query", required=True, help="the search query")
 @click.option("--items", default=None, help="candidate item ids, comma-separated")
@@ -52,7 +52,7 @@ def rank(bundle_dir, store_path, query, items, candidates, top_k, backend, max_c
 @click.command()
 @click.argument("query")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--store", "store_path", type=click.Path(path_type=Path, file_okay=False), envvar="MIXLM_STORE",
+@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
               default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
 @click.option("--k", "k", type=click.IntRange(min=1), default=100, show_default=True, help="first-stage candidates")
 @click.option("--rerank", type=click.IntRange(min=0), default=20, show_default=True,

@@ -92,8 +92,8 @@ class RankerClient:
         inputs, fusion = bundle.config.inputs, bundle.config.fusion
         needs_encoder = inputs.query_vector or inputs.interaction or bool(fusion and fusion.dense)
         encoder = ItemEncoder.from_bundle(bundle) if needs_encoder else None
-        return cls(MixedInputRanker.from_bundle(bundle), EmbeddingStore.open(store_path), query_encoder=encoder,
-                   fusion=bundle.config.fusion, **kwargs)
+        return cls(MixedInputRanker.from_bundle(bundle), EmbeddingStore.open(store_path, readonly=True),
+                   query_encoder=encoder, fusion=bundle.config.fusion, **kwargs)
 
     def score(self, query: str, item_ids: Sequence[str],
               first_stage_scores: Mapping[str, float] | None = None) -> RankResult:

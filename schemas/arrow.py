@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from mixlm.schemas.embedding_record import EmbeddingRecord
+from mixlm.schemas.lmdb_value import value_checksum
 
 ITEM_EVENT_SCHEMA = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),
@@ -22,6 +23,7 @@ ITEM_EVENT_SCHEMA = pa.schema([
 
 _ARROW_FLOATS = {"float32": pa.float32(), "float16": pa.float16()}
 META_PREFIX = "mixlm."
+CHECKSUM = "checksum"
 
 
 def embedding_schema(n_tokens: int, dim: int, retrieval_dim: int, dtype: str) -> pa.Schema:
@@ -29,6 +31,8 @@ def embedding_schema(n_tokens: int, dim: int, retrieval_dim: int, dtype: str) ->
 
     Tombstones hold zero vectors (``deleted`` tells them apart): Parquet does not round-trip
     null entries of nested fixed-size lists. ``retrieval_vector`` exists when retrieval_dim > 0.
+    ``checksum`` is the checksum of the LMDB value the row loads as (``value_checksum``): it
+    covers everything ``load`` writes, item id and encoder id included.
     """
     value_type = _ARROW_FLOATS[dtype]
     fields = [
@@ -45,6 +49,7 @@ def embedding_schema(n_tokens: int, dim: int, retrieval_dim: int, dtype: str) ->
         pa.field("truncated", pa.bool_(), nullable=False),
         pa.field("job_id", pa.string(), nullable=False),
         pa.field("encoded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(CHECKSUM, pa.uint64(), nullable=False),
     ]
     if retrieval_dim:
         fields.insert(9, pa.field("retrieval_vector", pa.list_(value_type, retrieval_dim), nullable=False))
@@ -98,7 +103,12 @@ def records_to_table(records: Sequence[EmbeddingRecord], *, n_tokens: int, dim: 
     if retrieval_dim:
         columns["retrieval_vector"] = pa.FixedSizeListArray.from_arrays(
             pa.array(retrieval.reshape(-1), type=value_type), retrieval_dim)
-    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+    unsummed = schema.remove(schema.get_field_index(CHECKSUM))
+    table = pa.Table.from_arrays([columns[f.name] for f in unsummed], schema=unsummed)
+    # Summed over the records as a reader rebuilds them: vectors in the table's dtype, encoded_at in µs.
+    rebuilt = table_to_records(table, n_tokens=n_tokens, dim=dim, dtype=dtype)
+    checksums = pa.array([value_checksum(record) for record in rebuilt], pa.uint64())
+    return table.append_column(schema.field(CHECKSUM), checksums)
 
 
 def table_metadata(schema: pa.Schema) -> dict[str, str]:
@@ -110,10 +120,9 @@ def table_metadata(schema: pa.Schema) -> dict[str, str]:
     }
 
 
-def table_to_records(table: pa.Table, *, as_dtype: str | None = None) -> Iterator[EmbeddingRecord]:
-    meta = table_metadata(table.schema)
-    n_tokens, dim = int(meta["n_tokens"]), int(meta["dim"])
-    dtype = np.dtype(as_dtype or meta["dtype"])
+def table_to_records(table: pa.Table, *, n_tokens: int, dim: int, dtype: str) -> Iterator[EmbeddingRecord]:
+    """The records of a table of the given layout (the ``checksum`` column is left to the caller)."""
+    dtype = np.dtype(dtype)
     vectors_col = table.column("vectors").combine_chunks()
     flat = vectors_col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(len(table), n_tokens, dim)
     retrieval = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,10 @@ class ItemEvent:
 
 
 def _show(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past the int-string limit, a structure nested too deeply
+        text = f"<{type(value).__name__} too large to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -121,7 +125,13 @@ def _validate_fields(data: Mapping[str, Any]) -> dict[str, str]:
     return dict(fields)
 
 
-def _decode(raw: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+def decode_json(raw: bytes | str) -> Any:
+    """``json.loads`` for untrusted input: every way it can fail is a ValidationError on ``value``.
+
+    Besides malformed JSON and bytes that are not UTF-8, the decoder refuses nesting deeper
+    than the interpreter's recursion limit (``[`` * 1000, about 2 KB) and integer literals
+    longer than Python's int-string limit (4,300 digits); one such line must not fail a job.
+    """
     if isinstance(raw, (bytes, bytearray, memoryview)):
         try:
             raw = bytes(raw).decode("utf-8")
@@ -129,16 +139,25 @@ def _decode(raw: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
             raise ValidationError(
                 "value", f"is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
             ) from None
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(
-                "value", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-            ) from None
-    if not isinstance(raw, Mapping):
-        raise ValidationError("value", f"must be a JSON object, got {type(raw).__name__}")
-    return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            "value", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ValidationError("value", "is nested too deeply to decode") from None
+    except ValueError:  # the only other ValueError json raises: int() of a literal past the limit
+        raise ValidationError(
+            "value", f"holds an integer literal longer than {sys.get_int_max_str_digits():,} digits"
+        ) from None
+
+
+def _decode(raw: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+    data = decode_json(raw) if isinstance(raw, (bytes, bytearray, memoryview, str)) else raw
+    if not isinstance(data, Mapping):
+        raise ValidationError("value", f"must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def parse_item_event(
@@ -178,3 +197,14 @@ def parse_item_event(
     if size > max_text_bytes:
         raise ValidationError("text", f"content is {size:,} bytes, the limit is {max_text_bytes:,}")
     return ItemEvent(item_id, op, version, title, text, fields, event_time)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of its message``: an unexpected error as a one-line reason."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def rejection_reason(exc: Exception) -> str:
+    """Why an event was refused: a ValidationError as it reads, any other error as ``cannot parse: Type: ...``."""
+    return str(exc) if isinstance(exc, ValidationError) else f"cannot parse: {one_line(exc)}"

@@ -21,6 +21,11 @@ MANIFEST_KEYS = ("job_id", "kind", "status", "encoder_id", "started", "finished"
 
 @dataclass
 class JobCounts:
+    """Every event read ends in one outcome: ``read = dead_lettered + written + deleted + stale +
+    skipped_unchanged``. ``encoded`` and ``corrupt_replaced`` count within those: the upserts that
+    went through the encoder, and the writes (or deletes) that replaced a stored record failing
+    its checksum."""
+
     read: int = 0
     encoded: int = 0
     skipped_unchanged: int = 0
@@ -28,6 +33,7 @@ class JobCounts:
     deleted: int = 0
     stale: int = 0
     dead_lettered: int = 0
+    corrupt_replaced: int = 0
 
     def add(self, other: JobCounts | dict[str, int]) -> None:
         values = asdict(other) if isinstance(other, JobCounts) else other

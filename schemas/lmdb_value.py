@@ -1,10 +1,13 @@
-"""Binary value format of the LMDB online store.
+"""Binary format of the LMDB online store: record keys and values.
 
-Layout (little-endian): a fixed header, the vectors ``[T_S, dim]``, the optional retrieval
-vector, then the job id in UTF-8. The header's xxh3-64 checksum covers every other byte of the
-value, so a torn or bit-flipped value is detected on read (xxh3 rather than crc32: it is
-about seven times faster, and a 250-item lookup verifies every value it returns). Vectors start at a fixed offset, which
-lets batch lookups copy them without parsing anything else.
+A key is ``encoder_id \\x00 item_id``. A value (little-endian) is a fixed header, the vectors
+``[T_S, dim]``, the optional retrieval vector, then the job id in UTF-8. The header's xxh3-64
+checksum covers every other byte of the value, seeded with the hash of the key: a torn or
+bit-flipped value is detected on read, and so is a value under a damaged key, which would
+otherwise read as a phantom item (xxh3 rather than crc32: it is about seven times faster, and a
+250-item lookup verifies every value it returns). Values of schema version 1, written before
+the key seed, still read and verify without it; every write is version 2. Vectors start at a
+fixed offset, which lets batch lookups copy them without parsing anything else.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from mixlm.schemas.embedding_record import EmbeddingRecord
 from mixlm.schemas.errors import CorruptRecordError
 
 MAGIC = b"MXLM"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_UNSEEDED_VERSION = 1  # a checksum of the value alone
+_READABLE_VERSIONS = (_UNSEEDED_VERSION, SCHEMA_VERSION)
+KEY_SEP = b"\x00"
 FLAG_DELETED = 1
 FLAG_TRUNCATED = 2
 _DTYPE_CODES = {"float32": 1, "float16": 2}
@@ -34,8 +40,15 @@ _LOOKUP_FIELDS = struct.Struct("<Q4sHBBIII")
 _CHECKSUM = struct.Struct("<Q")
 
 
-def _checksum(value: bytes | memoryview) -> int:
-    return xxhash.xxh3_64_intdigest(memoryview(value)[_SUMMED_FROM:])
+def record_key(encoder_id: str, item_id: str) -> bytes:
+    return encoder_id.encode() + KEY_SEP + item_id.encode("utf-8")
+
+
+def _checksum(value: bytes | memoryview, key: bytes, schema_version: int) -> int:
+    summed = memoryview(value)[_SUMMED_FROM:]  # a view: hashing copies nothing
+    if schema_version == _UNSEEDED_VERSION:
+        return xxhash.xxh3_64_intdigest(summed)
+    return xxhash.xxh3_64_intdigest(summed, xxhash.xxh3_64_intdigest(key))  # seed by position: ~100 ns faster
 
 
 class ValueHeader(NamedTuple):
@@ -57,6 +70,7 @@ class ValueHeader(NamedTuple):
 
 
 def encode_value(record: EmbeddingRecord) -> bytes:
+    """The value stored under ``record_key(record.encoder_id, record.item_id)``."""
     job_id = record.job_id.encode("utf-8")
     dtype_code = _DTYPE_CODES[record.dtype]
     little_endian = record.vectors.dtype.newbyteorder("<")
@@ -73,19 +87,25 @@ def encode_value(record: EmbeddingRecord) -> bytes:
         0, MAGIC, SCHEMA_VERSION, flags, dtype_code, record.n_tokens, record.dim, retrieval_dim,
         record.item_version, record.source_tokens, len(job_id), record.encoded_at, content_hash,
     ) + body)
-    _CHECKSUM.pack_into(value, 0, _checksum(value))
+    key = record_key(record.encoder_id, record.item_id)
+    _CHECKSUM.pack_into(value, 0, _checksum(value, key, SCHEMA_VERSION))
     return bytes(value)
 
 
-def decode_header(value: bytes | memoryview, *, verify: bool = True) -> ValueHeader:
-    """Parse (and by default verify) a value's header without copying its payload."""
+def value_checksum(record: EmbeddingRecord) -> int:
+    """The checksum of the record's value: it covers every field the store keeps, and the key."""
+    return _CHECKSUM.unpack_from(encode_value(record))[0]
+
+
+def decode_header(value: bytes | memoryview, key: bytes) -> ValueHeader:
+    """Parse and verify the header of the value stored under ``key``, without copying its payload."""
     if len(value) < HEADER.size:
         raise CorruptRecordError(f"value is {len(value)} bytes, shorter than the {HEADER.size}-byte header")
     (stored_sum, magic, schema_version, flags, dtype_code, n_tokens, dim, retrieval_dim, item_version,
      source_tokens, job_id_len, encoded_at, content_hash) = HEADER.unpack_from(value)
     if magic != MAGIC:
         raise CorruptRecordError(f"bad magic {bytes(magic)!r}")
-    if schema_version != SCHEMA_VERSION:
+    if schema_version not in _READABLE_VERSIONS:
         raise CorruptRecordError(f"unsupported value schema version {schema_version}")
     if dtype_code not in _CODE_DTYPES:
         raise CorruptRecordError(f"unknown dtype code {dtype_code}")
@@ -97,36 +117,38 @@ def decode_header(value: bytes | memoryview, *, verify: bool = True) -> ValueHea
     expected = HEADER.size + header.vectors_nbytes + retrieval_dim * header.dtype.itemsize + job_id_len
     if len(value) != expected:
         raise CorruptRecordError(f"value is {len(value)} bytes, its header says {expected}")
-    if verify:
-        _verify(value, stored_sum)
+    _verify(value, key, schema_version, stored_sum)
     return header
 
 
-def _verify(value: bytes | memoryview, stored_sum: int) -> None:
-    actual = _checksum(value)
+def _verify(value: bytes | memoryview, key: bytes, schema_version: int, stored_sum: int) -> None:
+    actual = _checksum(value, key, schema_version)
     if actual != stored_sum:
-        raise CorruptRecordError(f"checksum mismatch (stored {stored_sum:016x}, computed {actual:016x})")
+        raise CorruptRecordError(f"checksum mismatch (stored {stored_sum:016x}, computed {actual:016x}): "
+                                 "the value or its key is damaged")
 
 
-def lookup_fields(value: bytes | memoryview) -> tuple[bool, np.dtype, int, int, int]:
-    """(deleted, dtype, T_S, dim, retrieval dim) of a verified value: the lean path of batch lookups."""
+def lookup_fields(value: bytes | memoryview, key: bytes) -> tuple[bool, np.dtype, int, int, int]:
+    """(deleted, dtype, T_S, dim, retrieval dim) of the verified value under ``key``: the lean path
+    of batch lookups."""
     try:
         (stored_sum, magic, schema_version, flags, dtype_code, n_tokens, dim,
          retrieval_dim) = _LOOKUP_FIELDS.unpack_from(value)
         dtype = _CODE_DTYPES[dtype_code]
     except (struct.error, KeyError):
-        decode_header(value)  # raises the precise error
+        decode_header(value, key)  # raises the precise error
         raise
-    if (magic != MAGIC or schema_version != SCHEMA_VERSION
+    if (magic != MAGIC or schema_version not in _READABLE_VERSIONS
             or len(value) < PAYLOAD_OFFSET + (n_tokens * dim + retrieval_dim) * dtype.itemsize):
-        decode_header(value)
-    if xxhash.xxh3_64_intdigest(memoryview(value)[_SUMMED_FROM:]) != stored_sum:
-        _verify(value, stored_sum)
+        decode_header(value, key)
+    if _checksum(value, key, schema_version) != stored_sum:
+        _verify(value, key, schema_version, stored_sum)
     return bool(flags & FLAG_DELETED), dtype, n_tokens, dim, retrieval_dim
 
 
 def decode_value(value: bytes | memoryview, item_id: str, encoder_id: str) -> EmbeddingRecord:
-    header = decode_header(value)
+    """The record stored under ``record_key(encoder_id, item_id)``, verified."""
+    header = decode_header(value, record_key(encoder_id, item_id))
     start = PAYLOAD_OFFSET
     end = start + header.vectors_nbytes
     dtype = header.dtype.newbyteorder("<")

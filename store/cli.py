@@ -13,20 +13,21 @@ from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
 from mixlm.output import columns_table, key_value_table, output_option, render
 from mixlm.schemas import DTYPES
 from mixlm.store.online import EmbeddingStore
-from mixlm.store.transfer import export_snapshot, load_snapshot
+from mixlm.store.transfer import export_snapshot, load_verified, verify_snapshot
 from mixlm.version import __version__
 
 PROGRESS_EVERY_S = 2.0
 JOB_COLUMNS = ("job_id", "kind", "status", "encoder_id", "started", "finished", "read", "written",
-               "deleted", "stale", "dead_lettered")
+               "deleted", "stale", "dead_lettered", "corrupt_replaced")
 
 
-def _open(ctx: click.Context, *, create: bool = False) -> EmbeddingStore:
-    return EmbeddingStore.open(ctx.obj["store"], create=create)
+def _open(ctx: click.Context, *, write: bool = False, create: bool = False) -> EmbeddingStore:
+    """The store, read-only unless the command writes (reads work on a read-only filesystem)."""
+    return EmbeddingStore.open(ctx.obj["store"], create=create, readonly=not (write or create))
 
 
 @click.group(name="mixlm-store", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", type=click.Path(path_type=Path, file_okay=False), envvar="MIXLM_STORE",
+@click.option("--store", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
               default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store",
               help="store directory")
 @click.version_option(__version__, prog_name="mixlm-store")
@@ -119,14 +120,20 @@ def stats(ctx: click.Context, output: str) -> None:
 @main.command()
 @click.argument("snapshot_dir", type=click.Path(path_type=Path))
 @click.option("--encoder", "encoder_id", help="load only this encoder's files")
+@click.option("--allow-unverified", is_flag=True,
+              help="also load parts without row checksums (written by mixlm before they existed), unverified")
 @output_option()
 @click.pass_context
 @user_errors
-def load(ctx: click.Context, snapshot_dir: Path, encoder_id: str | None, output: str) -> None:
+def load(ctx: click.Context, snapshot_dir: Path, encoder_id: str | None, allow_unverified: bool,
+         output: str) -> None:
     """Build or refresh LMDB from a Parquet snapshot folder (creates the store if needed).
 
-    Replays are harmless: a record older than or equal to the stored version is skipped.
+    Every row is verified against its checksum before anything is written (or the store is
+    created): a damaged part is refused whole, naming the file and the row (exit 4). Replays
+    are harmless: a record older than or equal to the stored version is skipped.
     """
+    snapshot = verify_snapshot(snapshot_dir, encoder_id, allow_unverified=allow_unverified)
     store = _open(ctx, create=True)
     last_report = [0.0]
 
@@ -138,7 +145,7 @@ def load(ctx: click.Context, snapshot_dir: Path, encoder_id: str | None, output:
         click.echo(f"loaded {counts.read:,} records ({counts.written:,} written, {counts.deleted:,} deleted, "
                    f"{counts.stale:,} stale)", err=True)
 
-    manifest = load_snapshot(store, snapshot_dir, encoder_id=encoder_id, progress=progress).to_dict()
+    manifest = load_verified(store, snapshot, progress=progress).to_dict()
     click.echo(render(manifest, output, key_value_table(manifest)))
 
 
@@ -162,7 +169,7 @@ def export(ctx: click.Context, out_dir: Path, encoder_id: str | None, dtype: str
 @user_errors
 def promote(ctx: click.Context, encoder_id: str) -> None:
     """Make ENCODER_ID the active encoder, atomically (readers switch on their next lookup)."""
-    previous = _open(ctx).promote(encoder_id)
+    previous = _open(ctx, write=True).promote(encoder_id)
     click.echo(f"active encoder: {encoder_id} (was {previous or 'none'})")
 
 
@@ -180,6 +187,6 @@ def index_build(ctx: click.Context, encoder_id: str | None, output: str) -> None
     """Build (or rebuild) the FAISS index of one encoder's live records."""
     from mixlm.ranker.retrieval import build_vector_index
 
-    store = _open(ctx.find_root())
+    store = _open(ctx.find_root(), write=True)  # the index is written into the store
     summary = build_vector_index(store, store.resolve_encoder(encoder_id))
     click.echo(render(summary, output, key_value_table(summary)))

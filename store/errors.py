@@ -1,6 +1,11 @@
 """Errors of the store; each message is one line a person can act on."""
 
+import errno
+
 from mixlm.schemas.errors import CorruptRecordError
+
+# errno values of a write the disk refused for want of space (EFBIG: the file size limit).
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class StoreError(Exception):
@@ -8,7 +13,7 @@ class StoreError(Exception):
 
 
 class StoreNotFoundError(StoreError):
-    pass
+    """No store at the path: nothing there, a file, not a mixlm store, or not an LMDB data file."""
 
 
 class JobNotFoundError(StoreError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lmdb
@@ -47,10 +47,10 @@ class JobRegistry:
 
     def update(self, job_id: str, *, counts: JobCounts | Mapping[str, int] | None = None,
                offsets: Mapping[str, Mapping[str, int]] | None = None,
-               outputs: Mapping[str, str] | None = None) -> JobManifest:
-        """Add ``counts`` to the job's, replace the given offsets and outputs; atomic."""
+               outputs: Mapping[str, str] | None = None, errors: Sequence[str] = ()) -> JobManifest:
+        """Add ``counts`` to the job's, replace the given offsets and outputs, append ``errors``; atomic."""
         return self._env.write(lambda txn: self.update_in(txn, job_id, counts=counts,
-                                                          offsets=offsets, outputs=outputs))
+                                                          offsets=offsets, outputs=outputs, errors=errors))
 
     def finish(self, job_id: str, *, status: str = "succeeded", error: str | None = None) -> JobManifest:
         def apply(txn: lmdb.Transaction) -> JobManifest:
@@ -66,7 +66,7 @@ class JobRegistry:
         return self._env.write(apply)
 
     def update_in(self, txn: lmdb.Transaction, job_id: str, *, counts=None, offsets=None,
-                  outputs=None) -> JobManifest:
+                  outputs=None, errors: Sequence[str] = ()) -> JobManifest:
         """``update`` inside a caller's write transaction (records and counts commit together)."""
         manifest = self._load(txn, job_id)
         if counts:
@@ -76,6 +76,7 @@ class JobRegistry:
                 {str(partition): int(offset) for partition, offset in partitions.items()}
             )
         manifest.outputs.update(outputs or {})
+        manifest.errors.extend(errors)
         manifest.updated = format_rfc3339(utc_now())
         self._save(txn, manifest)
         return manifest

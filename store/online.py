@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -13,7 +15,8 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from mixlm.schemas import CorruptRecordError, EmbeddingRecord, JobCounts, check_encoder_id
+from mixlm.schemas import CorruptRecordError, EmbeddingRecord, JobCounts, UnavailableError, check_encoder_id
+from mixlm.schemas.lmdb_value import KEY_SEP as _SEP
 from mixlm.schemas.lmdb_value import (
     PAYLOAD_OFFSET,
     ValueHeader,
@@ -21,21 +24,18 @@ from mixlm.schemas.lmdb_value import (
     decode_value,
     encode_value,
     lookup_fields,
+    record_key,
 )
 from mixlm.store.dead_letters import DeadLetter, DeadLetterLog
 from mixlm.store.environment import DEFAULT_MAP_SIZE, LmdbEnvironment, open_environment
-from mixlm.store.errors import CorruptItemError, EncoderNotFoundError, StoreNotFoundError
+from mixlm.store.errors import DISK_FULL, CorruptItemError, EncoderNotFoundError, StoreNotFoundError
 from mixlm.store.jobs import JobRegistry
 
 STORE_FORMAT = b"1"
-_SEP = b"\x00"
 _ACTIVE = b"active_encoder"
 _PREVIOUS = b"previous_encoder"
 _FORMAT = b"store_format"
-
-
-def record_key(encoder_id: str, item_id: str) -> bytes:
-    return encoder_id.encode() + _SEP + item_id.encode("utf-8")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,9 +43,11 @@ class WriteResult:
     written: int = 0
     deleted: int = 0
     stale: int = 0
+    corrupt_replaced: int = 0  # of the written and deleted: they replaced a value that failed its check
 
     def as_counts(self) -> dict[str, int]:
-        return {"written": self.written, "deleted": self.deleted, "stale": self.stale}
+        return {"written": self.written, "deleted": self.deleted, "stale": self.stale,
+                "corrupt_replaced": self.corrupt_replaced}
 
 
 @dataclass
@@ -81,9 +83,16 @@ class EmbeddingStore:
         self.dead_letters = DeadLetterLog(env)
 
     @classmethod
-    def open(cls, root: str | Path, *, create: bool = False, map_size: int = DEFAULT_MAP_SIZE,
-             sync: bool = True) -> EmbeddingStore:
+    def open(cls, root: str | Path, *, create: bool = False, readonly: bool = False,
+             map_size: int = DEFAULT_MAP_SIZE, sync: bool = True) -> EmbeddingStore:
+        """The store at ``root``, created first with ``create``.
+
+        ``readonly`` opens LMDB read-only: nothing in the store is created or changed, and a
+        store on a read-only filesystem can be read. Writing through such a store is a bug.
+        """
         root = Path(root).expanduser()
+        if root.is_file():
+            raise StoreNotFoundError(f"{root} is a file, not a store directory")
         lmdb_dir = root / "lmdb"
         if not (lmdb_dir / "data.mdb").is_file():
             if not create:
@@ -91,7 +100,7 @@ class EmbeddingStore:
                     raise StoreNotFoundError(f"store directory {root} does not exist")
                 raise StoreNotFoundError(f"{root} is not a mixlm store (no lmdb/data.mdb)")
             _create_atomically(lmdb_dir, map_size)
-        store = cls(root, open_environment(lmdb_dir, map_size=map_size, sync=sync))
+        store = cls(root, open_environment(lmdb_dir, map_size=map_size, sync=sync, readonly=readonly))
         with store._env.read() as txn:
             found = txn.get(_FORMAT, db=store._meta)
             found = None if found is None else bytes(found)
@@ -118,26 +127,36 @@ class EmbeddingStore:
         """Write records in one transaction, keeping the newest ``item_version`` of each item.
 
         A record whose version is older than or equal to the stored one is a no-op and is
-        counted as stale. With ``job_id`` the job's counts (the write's own, ``counts`` and
+        counted as stale. A stored value that fails its checksum counts as absent (its version
+        cannot be trusted): the record replaces it, counted in ``corrupt_replaced`` and logged
+        as a warning. With ``job_id`` the job's counts (the write's own, ``counts`` and
         the dead letters), ``offsets`` and ``dead_letters`` commit in the same transaction.
         """
         if dead_letters and job_id is None:
             raise ValueError("dead letters belong to a job: pass job_id")
-        encoded = [(record_key(r.encoder_id, r.item_id), r.item_version, r.deleted, encode_value(r))
-                   for r in records]
+        encoded = [(r, record_key(r.encoder_id, r.item_id), encode_value(r)) for r in records]
+        replaced: list[tuple[EmbeddingRecord, str]] = []  # (record, what was wrong with the stored value)
 
         def apply(txn: lmdb.Transaction) -> WriteResult:
             result = WriteResult()
-            for key, version, deleted, value in encoded:
+            replaced.clear()  # a retry after growing the map starts over
+            for record, key, value in encoded:
                 existing = txn.get(key, db=self._records)
-                if existing is not None and _stored_version(existing) >= version:
-                    result.stale += 1
-                    continue
+                if existing is not None:
+                    try:
+                        stored_version = decode_header(existing, key).item_version
+                    except CorruptRecordError as exc:  # a version that cannot be trusted: absent
+                        replaced.append((record, str(exc)))
+                    else:
+                        if stored_version >= record.item_version:
+                            result.stale += 1
+                            continue
                 txn.put(key, value, db=self._records)
-                if deleted:
+                if record.deleted:
                     result.deleted += 1
                 else:
                     result.written += 1
+            result.corrupt_replaced = len(replaced)
             if job_id is not None:
                 total = JobCounts(**result.as_counts(), dead_lettered=len(dead_letters))
                 if counts:
@@ -148,7 +167,11 @@ class EmbeddingStore:
                     self.dead_letters.append_in(txn, job_id, first_seq, list(dead_letters))
             return result
 
-        return self._env.write(apply)
+        result = self._env.write(apply)
+        for record, reason in replaced:
+            logger.warning("replaced a corrupt record of item %r (encoder %s) with version %d: %s",
+                           record.item_id, record.encoder_id, record.item_version, reason)
+        return result
 
     def promote(self, encoder_id: str, *, require_records: bool = True) -> str | None:
         """Make ``encoder_id`` the active encoder in one transaction; return the previous one."""
@@ -194,13 +217,19 @@ class EmbeddingStore:
             return _decode(value, encoder_id, item_id)
 
     def get_headers(self, encoder_id: str, item_ids: Sequence[str]) -> dict[str, ValueHeader]:
-        """Headers (version, content hash, tombstone flag) of the stored items, one transaction."""
+        """Verified headers (version, content hash, tombstone flag) of the stored items, one transaction.
+
+        For writers deciding what is stale: a value that fails its checksum is left out, so it
+        counts as absent and the next write replaces it (``put_many`` counts and logs that).
+        """
         out: dict[str, ValueHeader] = {}
         with self._env.read() as txn:
             for item_id in item_ids:
-                value = txn.get(record_key(encoder_id, item_id), db=self._records)
+                key = record_key(encoder_id, item_id)
+                value = txn.get(key, db=self._records)
                 if value is not None:
-                    out[item_id] = _header(value, encoder_id, item_id, verify=False)
+                    with contextlib.suppress(CorruptRecordError):
+                        out[item_id] = decode_header(value, key)
         return out
 
     def get_many(self, encoder_id: str, item_ids: Sequence[str], *, dtype: str | None = None,
@@ -218,12 +247,13 @@ class EmbeddingStore:
         retrieval_out: np.ndarray | None = None
         with self._env.read() as txn:
             for item_id in item_ids:
-                value = txn.get(prefix + item_id.encode("utf-8"), db=self._records)
+                key = prefix + item_id.encode("utf-8")
+                value = txn.get(key, db=self._records)
                 if value is None:
                     missing.append(item_id)
                     continue
                 try:
-                    deleted, value_dtype, n_tokens, dim, retrieval_dim = lookup_fields(value)
+                    deleted, value_dtype, n_tokens, dim, retrieval_dim = lookup_fields(value, key)
                 except CorruptRecordError as exc:
                     raise CorruptItemError(encoder_id, item_id, str(exc)) from None
                 if deleted:
@@ -272,7 +302,7 @@ class EmbeddingStore:
                 key = bytes(key)
                 if not key.startswith(prefix):
                     break
-                record = _decode(value, encoder_id, key[len(prefix):].decode("utf-8"))
+                record = _decode(value, encoder_id, _item_id(key, prefix, encoder_id))
                 if include_deleted or not record.deleted:
                     yield record
 
@@ -296,9 +326,10 @@ class EmbeddingStore:
             cursor = txn.cursor(db=self._records)
             if cursor.set_range(prefix):
                 for key, value in cursor:
-                    if not bytes(key).startswith(prefix):
+                    key = bytes(key)
+                    if not key.startswith(prefix):
                         break
-                    header = _header(value, encoder_id, bytes(key)[len(prefix):].decode(), verify=False)
+                    header = _header(value, key, encoder_id, _item_id(key, prefix, encoder_id))
                     stats.value_bytes += len(value)
                     if header.deleted:
                         stats.deleted += 1
@@ -332,14 +363,19 @@ def _create_atomically(lmdb_dir: Path, map_size: int) -> None:
 
     When another process wins the race, its store is kept and ours is discarded.
     """
-    lmdb_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lmdb-creating-", dir=lmdb_dir.parent))
+    try:
+        lmdb_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".lmdb-creating-", dir=lmdb_dir.parent))
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, *DISK_FULL):
+            raise UnavailableError(f"cannot create a store at {lmdb_dir.parent}: {exc.strerror}") from None
+        raise
     try:
         env = LmdbEnvironment(staging, map_size, sync=True)
         try:
             env.write(lambda txn: txn.put(_FORMAT, STORE_FORMAT, db=env.dbs["meta"]))
         finally:
-            env.env.close()
+            env.close()
         with contextlib.suppress(OSError):
             lmdb_dir.rmdir()  # an empty leftover of an interrupted creation; a non-empty one stays
         with contextlib.suppress(OSError):  # the loser of a creation race keeps the winner's store
@@ -350,17 +386,18 @@ def _create_atomically(lmdb_dir: Path, map_size: int) -> None:
         raise StoreNotFoundError(f"could not create a store at {lmdb_dir.parent}: {lmdb_dir} is in the way")
 
 
-def _stored_version(value: bytes) -> int:
-    """The stored item_version; an unreadable value counts as absent (-1) so it gets replaced."""
+def _item_id(key: bytes, prefix: bytes, encoder_id: str) -> str:
+    """The item id of a key found under ``prefix``; a key that is not UTF-8 is damaged."""
     try:
-        return decode_header(value, verify=False).item_version
-    except CorruptRecordError:
-        return -1
+        return key[len(prefix):].decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptItemError(encoder_id, key[len(prefix):].decode("utf-8", "backslashreplace"),
+                               "its key is not UTF-8") from None
 
 
-def _header(value, encoder_id: str, item_id: str, *, verify: bool) -> ValueHeader:
+def _header(value, key: bytes, encoder_id: str, item_id: str) -> ValueHeader:
     try:
-        return decode_header(value, verify=verify)
+        return decode_header(value, key)
     except CorruptRecordError as exc:
         raise CorruptItemError(encoder_id, item_id, str(exc)) from None
 

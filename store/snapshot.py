@@ -2,7 +2,8 @@
 
 Each part is written under a hidden temporary name and renamed into place, so a reader
 never sees half a file. At scale the snapshot is the durable output of a distributed
-backfill and LMDB is built from it with ``load_snapshot``.
+backfill and LMDB is built from it with ``load_snapshot``. Every row carries the checksum of
+the LMDB value it loads as, and every row read is verified against it.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixlm.schemas import DTYPES, EmbeddingRecord, ValidationError
-from mixlm.schemas.arrow import records_to_table, table_metadata, table_to_records
-from mixlm.schemas.lmdb_value import SCHEMA_VERSION
+from mixlm.schemas import DTYPES, EmbeddingRecord, InputError, UnavailableError, ValidationError, check_encoder_id
+from mixlm.schemas.arrow import CHECKSUM, embedding_schema, records_to_table, table_metadata, table_to_records
+from mixlm.schemas.lmdb_value import SCHEMA_VERSION, value_checksum
+from mixlm.store.errors import DISK_FULL, StoreCorruptError
 
 DEFAULT_ROWS_PER_FILE = 50_000
 
@@ -60,15 +64,21 @@ class SnapshotWriter:
                       "n_tokens": n_tokens, "dim": dim, "retrieval_dim": retrieval_dim,
                       "schema_version": SCHEMA_VERSION},
         )
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"part-{len(self.files):05d}-{self.writer_token}.parquet"
         final = self.directory / name
         temporary = self.directory / f".{name}.tmp"
-        with open(temporary, "wb") as sink:
-            pq.write_table(table, sink, compression="zstd")
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(temporary, final)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "wb") as sink:
+                pq.write_table(table, sink, compression="zstd")
+                sink.flush()
+                os.fsync(sink.fileno())
+            os.replace(temporary, final)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            if exc.errno in DISK_FULL:
+                raise UnavailableError(f"disk full writing a snapshot to {self.directory} ({exc.strerror})") from exc
+            raise
         self.files.append(final)
         self._buffer = []
         return final
@@ -95,16 +105,93 @@ def snapshot_files(path: str | Path) -> list[Path]:
     return sorted(p for p in path.rglob("part-*.parquet") if not p.name.startswith("."))
 
 
+# What pyarrow raises on a damaged file, and record validation on a damaged row (ValidationError).
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
 def file_metadata(path: Path) -> dict[str, str]:
-    return table_metadata(pq.read_schema(path))
+    """A part's ``mixlm.*`` metadata (encoder_id, job_id, dtype, T_S, dim, ...), checked against its columns."""
+    return _check_part(path)[0]
 
 
-def read_snapshot(path: str | Path, *, as_dtype: str | None = None,
+def _check_part(path: Path) -> tuple[dict[str, str], bool]:
+    """The part's metadata, and whether its rows carry checksums (parts written before them do not).
+
+    A Parquet file without mixlm metadata is not a part (InputError); an unreadable footer, or
+    columns that differ from the layout its metadata describes, is a damaged part.
+    """
+    try:
+        schema = pq.read_schema(path)
+        meta = table_metadata(schema)
+    except _READ_ERRORS as exc:
+        raise _damaged(path, exc) from None
+    if not meta:
+        raise InputError(f"{path} is not a mixlm snapshot part: its Parquet metadata has no mixlm.* keys")
+    try:
+        check_encoder_id(meta["encoder_id"])
+        expected = embedding_schema(int(meta["n_tokens"]), int(meta["dim"]), int(meta["retrieval_dim"]),
+                                    meta["dtype"])
+    except (KeyError, ValueError, OverflowError):
+        raise StoreCorruptError(f"{path} is damaged: its mixlm metadata is incomplete or invalid") from None
+    columns = schema.remove_metadata()
+    if columns.equals(expected):
+        return meta, True
+    if columns.equals(expected.remove(expected.get_field_index(CHECKSUM))):
+        return meta, False
+    raise StoreCorruptError(f"{path} is damaged: its columns differ from the layout its metadata describes")
+
+
+def _damaged(path: Path, exc: Exception, where: str = "") -> StoreCorruptError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return StoreCorruptError(f"{path} is damaged{where}: {reason}")
+
+
+def read_part(path: Path, *, as_dtype: str | None = None,
+              allow_unverified: bool = False) -> Iterator[EmbeddingRecord]:
+    """Every record of one part file, one row group in memory at a time, each row verified.
+
+    A row that fails its checksum, or a part that fails to read, raises StoreCorruptError naming
+    the file (and the row). A part without checksums is refused unless ``allow_unverified``.
+    """
+    meta, summed = _check_part(path)
+    if not summed and not allow_unverified:
+        raise InputError(
+            f"{path} has no row checksums (written by mixlm before they existed), so it cannot be verified: "
+            "re-export it from the store that loaded it with 'mixlm-store export', or load it unverified "
+            "with --allow-unverified"
+        )
+    # The checked footer metadata: a row group's own copy of it may differ in a damaged file.
+    layout = {"n_tokens": int(meta["n_tokens"]), "dim": int(meta["dim"]), "dtype": meta["dtype"]}
+    row = 0
+    try:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group)
+            checksums = table.column(CHECKSUM).to_numpy() if summed else None
+            for index, record in enumerate(table_to_records(table, **layout)):
+                if checksums is not None and value_checksum(record) != checksums[index]:
+                    raise StoreCorruptError(f"{path} is damaged: row {row} (item {record.item_id!r}) "
+                                            "fails its checksum")
+                if record.encoder_id != meta["encoder_id"]:
+                    raise StoreCorruptError(f"{path} is damaged: row {row} is of encoder {record.encoder_id!r}, "
+                                            f"the part of {meta['encoder_id']!r}")
+                yield record if as_dtype is None else _as_dtype(record, as_dtype)
+                row += 1
+    except _READ_ERRORS as exc:
+        raise _damaged(path, exc, f" at row {row}") from None
+
+
+def _as_dtype(record: EmbeddingRecord, dtype: str) -> EmbeddingRecord:
+    if record.deleted:
+        return record
+    retrieval = None if record.retrieval_vector is None else record.retrieval_vector.astype(dtype)
+    return replace(record, vectors=record.vectors.astype(dtype), retrieval_vector=retrieval)
+
+
+def read_snapshot(path: str | Path, *, as_dtype: str | None = None, allow_unverified: bool = False,
                   on_file: Callable[[Path], None] | None = None) -> Iterator[EmbeddingRecord]:
-    """Every record of every part file under ``path``, one row group in memory at a time."""
+    """Every record of every part file under ``path``, verified as ``read_part`` does."""
     for file in snapshot_files(path):
         if on_file:
             on_file(file)
-        parquet = pq.ParquetFile(file)
-        for group in range(parquet.num_row_groups):
-            yield from table_to_records(parquet.read_row_group(group), as_dtype=as_dtype)
+        yield from read_part(file, as_dtype=as_dtype, allow_unverified=allow_unverified)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -10,7 +11,7 @@ from mixlm.schemas import JobManifest
 from mixlm.schemas.timefmt import utc_now
 from mixlm.store.errors import EncoderNotFoundError, StoreError
 from mixlm.store.online import EmbeddingStore
-from mixlm.store.snapshot import SnapshotWriter, file_metadata, read_snapshot, snapshot_files
+from mixlm.store.snapshot import SnapshotWriter, file_metadata, read_part, snapshot_files
 
 T = TypeVar("T")
 LOAD_BATCH = 2_000
@@ -45,16 +46,49 @@ def snapshot_encoder(path: str | Path, encoder_id: str | None = None) -> tuple[s
     return encoder_id, by_encoder[encoder_id]
 
 
-def load_snapshot(store: EmbeddingStore, path: str | Path, *, encoder_id: str | None = None,
-                  progress: Callable[[JobManifest], None] | None = None) -> JobManifest:
-    """Build or refresh LMDB from snapshot files, as a ``load`` job; replays are no-ops."""
+@dataclass(frozen=True)
+class VerifiedSnapshot:
+    """Part files of one encoder whose every row passed its checksum in ``verify_snapshot`` (or,
+    with ``allow_unverified``, was read without one)."""
+
+    source: Path
+    encoder_id: str
+    files: list[Path]
+    allow_unverified: bool = False
+
+
+def verify_snapshot(path: str | Path, encoder_id: str | None = None, *,
+                    allow_unverified: bool = False) -> VerifiedSnapshot:
+    """Read and verify every row of the snapshot's parts, writing nothing: a damaged part is refused
+    (StoreCorruptError naming the file and the row) before a load has written anything."""
     encoder_id, files = snapshot_encoder(path, encoder_id)
-    job = store.jobs.create("load", encoder_id, params={"source": str(Path(path).resolve()),
-                                                        "files": len(files)},
+    for file in files:
+        for _record in read_part(file, allow_unverified=allow_unverified):
+            pass
+    return VerifiedSnapshot(Path(path), encoder_id, files, allow_unverified)
+
+
+def load_snapshot(store: EmbeddingStore, path: str | Path, *, encoder_id: str | None = None,
+                  allow_unverified: bool = False,
+                  progress: Callable[[JobManifest], None] | None = None) -> JobManifest:
+    """Build or refresh LMDB from snapshot files, as a ``load`` job; replays are no-ops.
+
+    Every part is verified before anything is written, so a damaged snapshot loads nothing.
+    """
+    snapshot = verify_snapshot(path, encoder_id, allow_unverified=allow_unverified)
+    return load_verified(store, snapshot, progress=progress)
+
+
+def load_verified(store: EmbeddingStore, snapshot: VerifiedSnapshot, *,
+                  progress: Callable[[JobManifest], None] | None = None) -> JobManifest:
+    """Load a snapshot that ``verify_snapshot`` passed; rows are verified again as they are read."""
+    params = {"source": str(snapshot.source.resolve()), "files": len(snapshot.files),
+              "allow_unverified": snapshot.allow_unverified}
+    job = store.jobs.create("load", snapshot.encoder_id, params=params,
                             outputs={"lmdb": str((store.root / "lmdb").resolve())})
     try:
-        for file in files:
-            for batch in _batches(read_snapshot(file), LOAD_BATCH):
+        for file in snapshot.files:
+            for batch in _batches(read_part(file, allow_unverified=snapshot.allow_unverified), LOAD_BATCH):
                 store.put_many(batch, job_id=job.job_id, counts={"read": len(batch)})
                 if progress:
                     progress(store.jobs.get(job.job_id))

@@ -1,4 +1,4 @@
-"""Fixtures shared across packages: a tiny model bundle (the Kafka broker fixture is in tests/pipelines)."""
+"""Fixtures shared across packages: a tiny model bundle, the Tansu binary (broker fixtures: tests/pipelines)."""
 
 import os
 
@@ -18,3 +18,14 @@ def tiny_bundle(tmp_path_factory):
     path = tmp_path_factory.mktemp("bundle") / "tiny"
     init_tiny_bundle(path, seed=0)
     return path
+
+
+@pytest.fixture()
+def kafka_broker_binary():
+    """The embedded broker's Tansu binary (tests that start brokers skip without it)."""
+    from mixlm.pipelines.kafka_broker import BrokerError, tansu_binary
+
+    try:
+        return tansu_binary()
+    except BrokerError as exc:
+        pytest.skip(f"no Tansu broker binary: {exc}")

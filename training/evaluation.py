@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mixlm.schemas.errors import InputError
+
 TRAINING_SPLITS = ("train", "dev")
 
 
-class SplitLeakError(ValueError):
+class SplitLeakError(InputError):
     pass
 
 

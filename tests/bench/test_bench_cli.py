@@ -33,3 +33,13 @@ def test_backfill_and_rank_benches(tiny_bundle, tmp_path):
     assert methods == {"full_text", "truncated_text", "mixlm_naive", "mixlm_amortized"}
     assert set(report["ratios"]) == {"mixlm_amortized_over_full_text", "mixlm_amortized_over_truncated_text",
                                      "mixlm_amortized_over_mixlm_naive"}
+
+
+def test_chaos_bench_kills_the_consumer_and_finds_every_item_right(tiny_bundle, kafka_broker_binary, tmp_path):
+    result = run("chaos", "--bundle", tiny_bundle, "--events", 400, "--items", 60, "--poison", 9, "--kills", 3,
+                 "--workdir", tmp_path / "work", "--out", tmp_path / "chaos.json")
+    report = json.loads((tmp_path / "chaos.json").read_text())["results"][0]
+    assert report["mismatches"] == 0, result.output
+    assert report["items_checked"] == 60 and report["events"] == 409 and report["kills"] == 3
+    assert report["jobs"] >= 4  # three killed runs and at least one that caught up
+    assert report["dead_lettered"] >= 9  # every poison pill, once or more when replayed

@@ -73,12 +73,13 @@ def test_event_jsonl_with_deletes_and_dead_letters(tiny_bundle, tmp_path):
     manifest = run_backfill(str(catalog), str(tiny_bundle), str(tmp_path / "store"), log=quiet)
     c = manifest.counts
     # b's upsert (v1) is written then deleted, or found stale behind its tombstone (v3): order within a bundle
-    assert (c.read, c.dead_lettered, c.deleted, c.written + c.stale) == (6, 3, 1, 2)
+    assert (c.read, c.dead_lettered, c.deleted, c.written + c.stale) == (7, 4, 1, 2)
     assert c.read == c.dead_lettered + c.written + c.deleted + c.stale + c.skipped_unchanged
     store = EmbeddingStore.open(tmp_path / "store")
     assert store.get_many(manifest.encoder_id, ["a", "b"]).missing == ["b"]
-    reasons = sorted(letter.reason.split(":")[0] for letter in store.dead_letters.list(manifest.job_id))
-    assert reasons == ["value", "value", "version"]
+    letters = {letter.source: letter.reason.split(":")[0] for letter in store.dead_letters.list(manifest.job_id)}
+    assert letters == {f"{catalog}:4": "version", f"{catalog}:5": "value", f"{catalog}:6": "blank line",
+                       f"{catalog}:7": "value"}
     assert any(letter.raw == b'{"item_id": "d", "text": "\xff"}' for letter in store.dead_letters.list(manifest.job_id))
 
 

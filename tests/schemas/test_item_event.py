@@ -3,6 +3,7 @@ import json
 import pytest
 
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, ItemEvent, ValidationError, parse_item_event
+from mixlm.schemas.item_event import decode_json, rejection_reason
 
 VALID = {"item_id": "job-1", "op": "upsert", "version": 3, "title": "Data engineer", "text": "Build pipelines.",
          "fields": {"city": "Oslo"}, "event_time": "2026-11-22T10:30:00Z"}
@@ -154,6 +155,47 @@ def test_non_string_field_keys_are_rejected():
 def test_invalid_json(raw):
     message = reason(raw)
     assert message.startswith("value: is not valid JSON") and "line 1" in message
+
+
+DEEP_OBJECT = '{"a":' * 1000 + "1" + "}" * 1000  # about 7 KB
+DEEP_ARRAY = "[" * 1000 + "]" * 1000  # 2 KB
+HUGE_INT = "1" * 5000  # past Python's int-string limit (4,300 digits)
+
+
+@pytest.mark.parametrize("line", [DEEP_OBJECT, DEEP_ARRAY, '{"item_id": "a", "op": "upsert", "version": 1, "text": '
+                                  '"t", "extra": ' + DEEP_ARRAY + "}"])
+def test_nesting_beyond_the_recursion_limit_is_a_validation_error(line):
+    assert reason(line) == "value: is nested too deeply to decode"
+    assert reason(line.encode()) == "value: is nested too deeply to decode"
+
+
+@pytest.mark.parametrize("template", [
+    '{"item_id": "a", "op": "upsert", "version": %s, "text": "t"}',
+    '{"item_id": "a", "op": "upsert", "version": 1, "title": %s, "text": "t"}',
+    '{"item_id": "a", "op": "upsert", "version": 1, "text": "t", "unknown": [%s]}',
+])
+def test_integer_literals_past_the_int_string_limit_are_a_validation_error(template):
+    line = template % HUGE_INT
+    assert reason(line.encode()) == "value: holds an integer literal longer than 4,300 digits"
+
+
+def test_a_huge_integer_in_a_decoded_object_is_named_without_printing_it():
+    assert reason({**VALID, "version": 10**5000}) == "version: must be an integer >= 0, got <int too large to show>"
+
+
+def test_decode_json_is_the_one_safe_decoder():
+    assert decode_json(b'{"a": [1]}') == {"a": [1]} and decode_json("[]") == []
+    for raw in (b"\xff", b"{", DEEP_ARRAY, HUGE_INT):
+        with pytest.raises(ValidationError) as caught:
+            decode_json(raw)
+        assert caught.value.field == "value"
+
+
+def test_rejection_reason_is_one_line_for_any_error():
+    assert rejection_reason(ValidationError("op", "must be a string")) == "op: must be a string"
+    assert rejection_reason(KeyError("item_id")) == "cannot parse: KeyError: 'item_id'"
+    assert rejection_reason(RuntimeError("first line\nsecond line")) == "cannot parse: RuntimeError: first line"
+    assert rejection_reason(RuntimeError()) == "cannot parse: RuntimeError"
 
 
 @pytest.mark.parametrize(("raw", "kind"), [(b"[1, 2]", "list"), (b'"text"', "str"), (b"42", "int"),

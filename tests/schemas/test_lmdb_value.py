@@ -1,9 +1,11 @@
 import json
 import re
+import struct
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+import xxhash
 
 from mixlm.schemas import (
     JOB_KINDS,
@@ -15,8 +17,19 @@ from mixlm.schemas import (
     new_job_id,
 )
 from mixlm.schemas.job_manifest import MANIFEST_KEYS
-from mixlm.schemas.lmdb_value import HEADER, decode_header, decode_value, encode_value, lookup_fields
+from mixlm.schemas.lmdb_value import (
+    HEADER,
+    SCHEMA_VERSION,
+    decode_header,
+    decode_value,
+    encode_value,
+    lookup_fields,
+    record_key,
+    value_checksum,
+)
 from tests.factories import make_record
+
+KEY = record_key("enc-a", "item-1")
 
 
 def assert_same_record(a: EmbeddingRecord, b: EmbeddingRecord) -> None:
@@ -44,8 +57,8 @@ def test_value_round_trip(dtype, retrieval_dim, version):
     back = decode_value(value, "item-1", "enc-a")
     assert_same_record(record, back)
     assert back.n_tokens == 3 and back.dim == 16 and back.dtype == dtype
-    assert lookup_fields(value) == (False, np.dtype(dtype), 3, 16, retrieval_dim)
-    header = decode_header(value)
+    assert lookup_fields(value, KEY) == (False, np.dtype(dtype), 3, 16, retrieval_dim)
+    header = decode_header(value, KEY)
     assert (header.item_version, header.content_hash, header.truncated) == (version, record.content_hash,
                                                                              record.truncated)
     # the decoded arrays own their memory: they stay valid after the source buffer changes
@@ -75,8 +88,8 @@ def test_tombstone_round_trip():
     back = decode_value(value, "gone", "enc-a")
     assert back.deleted and back.item_version == 7 and back.n_tokens == 0 and back.job_id == "st-1"
     assert back.encoded_at == 12.5 and back.retrieval_vector is None
-    assert decode_header(value).deleted
-    deleted, _, n_tokens, dim, _ = lookup_fields(value)
+    assert decode_header(value, record_key("enc-a", "gone")).deleted
+    deleted, _, n_tokens, dim, _ = lookup_fields(value, record_key("enc-a", "gone"))
     assert deleted and (n_tokens, dim) == (0, 0)
 
 
@@ -94,17 +107,66 @@ def test_every_flipped_byte_is_detected(record):
             with pytest.raises(CorruptRecordError):
                 decode_value(bytes(damaged), "item-1", "enc-a")
             with pytest.raises(CorruptRecordError):
-                lookup_fields(bytes(damaged))  # the lean path of batch lookups checks too
+                lookup_fields(bytes(damaged), KEY)  # the lean path of batch lookups checks too
             with pytest.raises(CorruptRecordError):
-                decode_header(memoryview(bytes(damaged)))
+                decode_header(memoryview(bytes(damaged)), KEY)
 
 
-def test_header_check_can_be_skipped_for_version_probes():
-    value = bytearray(encode_value(make_record("item-1", 2, dim=4)))
-    value[-1] ^= 0x01  # payload damage: the checksum fails, the header still parses
-    assert decode_header(bytes(value), verify=False).item_version == 2
-    with pytest.raises(CorruptRecordError, match="checksum"):
-        decode_header(bytes(value))
+@pytest.mark.parametrize("record", [make_record("item-1", 2, dim=4, retrieval_dim=3),
+                                    EmbeddingRecord.tombstone("item-1", 5, "enc-a", job_id="st-1")],
+                         ids=["live", "tombstone"])
+def test_a_value_is_bound_to_its_key(record):
+    """A value under any other key (a flipped byte in the item or encoder id) fails its checksum."""
+    value = encode_value(record)
+    assert decode_value(value, "item-1", "enc-a").item_version == record.item_version
+    for index in range(len(KEY)):
+        for mask in (0x01, 0x80):
+            key = bytearray(KEY)
+            key[index] ^= mask
+            with pytest.raises(CorruptRecordError, match="checksum"):
+                lookup_fields(value, bytes(key))
+            with pytest.raises(CorruptRecordError, match="checksum"):
+                decode_header(value, bytes(key))
+    for item_id, encoder_id in (("jtem-1", "enc-a"), ("item-1", "enc-b"), ("item-10", "enc-a")):
+        with pytest.raises(CorruptRecordError, match="checksum"):
+            decode_value(value, item_id, encoder_id)
+
+
+def schema_1_value(record: EmbeddingRecord) -> bytes:
+    """A value as the previous release wrote it: schema version 1, checksum of the value alone."""
+    value = bytearray(encode_value(record))
+    struct.pack_into("<H", value, 12, 1)
+    struct.pack_into("<Q", value, 0, xxhash.xxh3_64_intdigest(bytes(value[8:])))
+    return bytes(value)
+
+
+def test_schema_1_values_still_read_and_verify():
+    assert SCHEMA_VERSION == 2 and struct.unpack_from("<H", encode_value(make_record("item-1")), 12) == (2,)
+    record = make_record("item-1", 3, n_tokens=2, dim=4, retrieval_dim=3)
+    old = schema_1_value(record)
+    assert_same_record(record, decode_value(old, "item-1", "enc-a"))
+    assert lookup_fields(old, KEY) == (False, np.dtype("float32"), 2, 4, 3)
+    assert decode_header(old, KEY).item_version == 3
+    # a schema-1 checksum covers the value alone: damage to the value is still detected
+    for index in (0, 12, 30, len(old) - 1):
+        damaged = bytearray(old)
+        damaged[index] ^= 0x04
+        with pytest.raises(CorruptRecordError):
+            lookup_fields(bytes(damaged), KEY)
+    # the value is not bound to its key (what schema 2 adds)
+    assert decode_header(old, record_key("enc-a", "jtem-1")).item_version == 3
+    # and no other schema version reads
+    for version in (0, 3):
+        other = bytearray(old)
+        struct.pack_into("<H", other, 12, version)
+        with pytest.raises(CorruptRecordError, match="schema version"):
+            decode_header(bytes(other), KEY)
+
+
+def test_value_checksum_is_the_stored_checksum():
+    record = make_record("item-1", 2, dim=4, retrieval_dim=3)
+    assert struct.unpack_from("<Q", encode_value(record)) == (value_checksum(record),)
+    assert value_checksum(record) != value_checksum(make_record("item-1", 3, dim=4, retrieval_dim=3))
 
 
 @pytest.mark.parametrize("record", [make_record("item-1", 2, retrieval_dim=4),
@@ -114,12 +176,12 @@ def test_header_check_can_be_skipped_for_version_probes():
 def test_truncated_or_extended_value(record):
     value = encode_value(record)
     for size in {0, 1, 10, 24, HEADER.size - 1, HEADER.size, len(value) - 1} - {len(value)}:
-        for check in (decode_header, lookup_fields, lambda v: decode_value(v, "item-1", "enc-a")):
+        for check in (decode_header, lookup_fields, lambda v, _key: decode_value(v, "item-1", "enc-a")):
             with pytest.raises(CorruptRecordError):
-                check(value[:size])
+                check(value[:size], KEY)
     for check in (decode_header, lookup_fields):
         with pytest.raises(CorruptRecordError):
-            check(value + b"\x00")
+            check(value + b"\x00", KEY)
 
 
 def test_garbage_is_not_a_value():
@@ -127,7 +189,7 @@ def test_garbage_is_not_a_value():
         with pytest.raises(CorruptRecordError):
             decode_value(garbage, "i", "e")
         with pytest.raises(CorruptRecordError):
-            lookup_fields(garbage)
+            lookup_fields(garbage, KEY)
 
 
 GOOD = {"item_id": "i", "item_version": 1, "encoder_id": "enc", "content_hash": "",
@@ -199,7 +261,7 @@ def test_manifest_json_round_trip_and_key_order():
     assert list(json.loads(text)) == list(MANIFEST_KEYS)
     assert MANIFEST_KEYS[:4] == ("job_id", "kind", "status", "encoder_id")
     assert list(manifest.to_dict()["counts"]) == ["read", "encoded", "skipped_unchanged", "written", "deleted",
-                                                  "stale", "dead_lettered"]
+                                                  "stale", "dead_lettered", "corrupt_replaced"]
 
 
 def test_manifest_from_dict_ignores_unknown_keys_and_validates():

@@ -81,7 +81,7 @@ def test_get_table_json_and_yaml(store_dir):
     assert tuple(data) == MANIFEST_KEYS
     assert data["status"] == "succeeded"
     assert data["counts"] == {"read": 6, "encoded": 0, "skipped_unchanged": 0, "written": 5, "deleted": 1,
-                              "stale": 0, "dead_lettered": 0}
+                              "stale": 0, "dead_lettered": 0, "corrupt_replaced": 0}
     assert yaml.safe_load(invoke("--store", store_dir, "get", job_id, "-o", "yaml").stdout) == data
 
 

@@ -123,8 +123,8 @@ def test_sigkill_mid_write_keeps_committed_batches_whole(tmp_path, delay):
     environment = open_environment(root / "lmdb")
     with environment.env.begin(db=environment.dbs["records"]) as txn:
         raw_values = 0
-        for _key, value in txn.cursor():
-            decode_header(value)  # raises on a torn or damaged value
+        for key, value in txn.cursor():
+            decode_header(value, bytes(key))  # raises on a torn or damaged value
             raw_values += 1
         assert raw_values == total
         assert txn.get(record_key("enc-a", f"b{batch}-0")) is None

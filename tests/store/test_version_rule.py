@@ -72,8 +72,8 @@ def test_versions_within_one_batch(store):
 
 def test_replaying_a_batch_is_all_stale(store):
     batch = [make_record(f"i{n}", n + 1) for n in range(20)] + [EmbeddingRecord.tombstone("t", 4, "enc-a")]
-    assert store.put_many(batch).as_counts() == {"written": 20, "deleted": 1, "stale": 0}
-    assert store.put_many(batch).as_counts() == {"written": 0, "deleted": 0, "stale": 21}
+    assert store.put_many(batch).as_counts() == {"written": 20, "deleted": 1, "stale": 0, "corrupt_replaced": 0}
+    assert store.put_many(batch).as_counts() == {"written": 0, "deleted": 0, "stale": 21, "corrupt_replaced": 0}
 
 
 def test_version_zero_and_the_largest_version(store):
