@@ -1,4 +1,4 @@
-"""``mixlm train domain|teacher|joint`` and ``mixlm eval``: thin commands over ``mixlm.training``.
+"""``mixlm train domain|teacher|joint|pseudo-queries`` and ``mixlm eval``: thin commands over ``mixlm.training``.
 
 Heavy imports happen inside the commands, so ``--help`` stays instant.
 """
@@ -175,6 +175,28 @@ def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step,
                          dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction,
                          phase2=dataclasses.replace(JointConfig.phase2, distill=distill_weight))
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=_progress).path))
+
+
+@train.command("pseudo-queries")
+@click.option("--corpus", "corpus_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="a BEIR-layout folder with corpus.jsonl[.gz] and no test judgments")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="new folder for the pseudo-query collection (BEIR layout, qrels/train.tsv)")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="keep at most N pairs")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@user_errors
+def pseudo_queries(corpus_dir, out_dir, max_queries, seed, output) -> None:
+    """Make training queries from a corpus that has none: a title for its text, or a sentence for the rest.
+
+    The result is a BEIR folder any stage trains on with --dataset. A corpus that a test
+    collection judges (qrels/test*.tsv) is refused.
+    """
+    from mixlm.output import key_value_table, render
+    from mixlm.training.pseudo_queries import write_pseudo_queries
+
+    summary = write_pseudo_queries(corpus_dir, out_dir, max_queries=max_queries, seed=seed)
+    click.echo(render(summary, output, key_value_table(summary)))
 
 
 @click.command(name="eval")
