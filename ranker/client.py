@@ -6,9 +6,8 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from mixlm.encoders.config import FusionConfig
 from mixlm.ranker.fusion import fuse
 from mixlm.ranker.model import MixedInputRanker
+from mixlm.ranker.results import RankRequest, RankResult, ScoredItem, ranked
 from mixlm.schemas.errors import InputError
 from mixlm.store import EmbeddingStore
 from mixlm.store.errors import StoreError
@@ -25,31 +25,6 @@ DEFAULT_MAX_CANDIDATES = 1_000
 
 class EncoderMismatchError(StoreError):
     pass
-
-
-@dataclass(frozen=True)
-class ScoredItem:
-    item_id: str
-    score: float  # the final score: MixLM's log-odds, fused with first-stage scores when given
-    p_yes: float
-    log_odds: float
-
-
-@dataclass
-class RankResult:
-    """Scored items (request order for ``score``, best first for ``rank``) and the ids not in the store."""
-
-    items: list[ScoredItem]
-    missing: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class RankRequest:
-    """One query, its candidate ids and, optionally, their first-stage scores (e.g. BM25)."""
-
-    query: str
-    item_ids: Sequence[str]
-    first_stage_scores: Mapping[str, float] | None = None
 
 
 class RankerClient:
@@ -107,7 +82,7 @@ class RankerClient:
     def rank(self, query: str, item_ids: Sequence[str], top_k: int | None = None,
              first_stage_scores: Mapping[str, float] | None = None) -> RankResult:
         """The ``top_k`` best items by final score, best first (the shape of ``CrossEncoder.rank``)."""
-        return _ranked(self.score(query, item_ids, first_stage_scores), top_k)
+        return ranked(self.score(query, item_ids, first_stage_scores), top_k)
 
     def score_many(self, requests: Sequence[RankRequest | tuple[str, Sequence[str]]]) -> list[RankResult]:
         """Several requests in shared forward passes (one prefill of all queries); results in order."""
@@ -153,34 +128,43 @@ class RankerClient:
         return self.query_encoder.encode_queries(queries)
 
 
-def _ranked(result: RankResult, top_k: int | None) -> RankResult:
-    ordered = sorted(result.items, key=lambda item: item.score, reverse=True)
-    return RankResult(ordered[:top_k] if top_k else ordered, result.missing)
-
-
 class RequestBatcher:
     """Batches concurrent ``rank`` calls: requests that arrive within ``max_wait_ms`` of each other
     (up to ``max_requests``) share one prefill and one set of candidate passes.
 
-    Callers on any thread call ``rank``; one worker thread owns the model.
+    Callers on any thread call ``rank`` (or ``submit``, for a future); one worker thread owns the
+    model. A caller that cancels its future before its batch starts is skipped. Each batch's size
+    goes to ``on_batch`` (called on the worker thread) when given, else to ``batch_sizes``.
     """
 
-    def __init__(self, client: RankerClient, *, max_wait_ms: float = 5.0, max_requests: int = 16):
+    def __init__(self, client: RankerClient, *, max_wait_ms: float = 5.0, max_requests: int = 16,
+                 on_batch: Callable[[int], None] | None = None):
         self.client = client
         self.max_wait = max_wait_ms / 1000
         self.max_requests = max_requests
         self.batch_sizes: list[int] = []
+        self._on_batch = on_batch or self.batch_sizes.append
+        self._closed = False
         self._queue: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="mixlm-ranker-batcher", daemon=True)
         self._worker.start()
 
-    def rank(self, query: str, item_ids: Sequence[str], top_k: int | None = None,
-             first_stage_scores: Mapping[str, float] | None = None) -> RankResult:
+    def submit(self, query: str, item_ids: Sequence[str], top_k: int | None = None,
+               first_stage_scores: Mapping[str, float] | None = None) -> Future:
+        """Queue one request; the future holds its ``RankResult`` (best first) or its error."""
+        if self._closed:
+            raise RuntimeError("the request batcher is closed")
         done: Future = Future()
         self._queue.put((RankRequest(query, list(item_ids), first_stage_scores), top_k, done))
-        return done.result()
+        return done
+
+    def rank(self, query: str, item_ids: Sequence[str], top_k: int | None = None,
+             first_stage_scores: Mapping[str, float] | None = None) -> RankResult:
+        return self.submit(query, item_ids, top_k, first_stage_scores).result()
 
     def close(self) -> None:
+        """Serve what is queued, then stop the worker."""
+        self._closed = True
         self._queue.put(None)
         self._worker.join()
 
@@ -206,8 +190,10 @@ class RequestBatcher:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch.append(item)
-            self.batch_sizes.append(len(batch))
-            self._serve(batch)
+            batch = [entry for entry in batch if entry[2].set_running_or_notify_cancel()]  # skip cancelled
+            if batch:
+                self._on_batch(len(batch))
+                self._serve(batch)
 
     def _serve(self, batch) -> None:
         try:
@@ -220,4 +206,4 @@ class RequestBatcher:
             batch[0][2].set_exception(sys.exc_info()[1])
             return
         for (_, top_k, done), result in zip(batch, results, strict=True):
-            done.set_result(_ranked(result, top_k))
+            done.set_result(ranked(result, top_k))
