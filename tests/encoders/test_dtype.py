@@ -41,3 +41,24 @@ def test_bfloat16_ranker_scores_agree_with_float32(tiny_bundle):
     ranks = [np.argsort(np.argsort(scores[d])) for d in ("float32", "bfloat16")]
     assert np.corrcoef(*ranks)[0, 1] > 0.9  # Spearman's rho
     assert np.abs(scores["float32"] - scores["bfloat16"]).max() < 0.25 * np.ptp(scores["float32"]) + 0.05
+
+
+def test_bfloat16_shared_prefix_agrees_with_the_other_paths(tiny_bundle):
+    """In bfloat16, the shared-prefix backend (several queries per forward) tracks the copying backend
+    and naive scoring of the same dtype, and float32's shared-prefix scores."""
+    from mixlm.ranker.model import MixedInputRanker
+
+    rankers = {dtype: MixedInputRanker.from_bundle(tiny_bundle, dtype=dtype) for dtype in ("float32", "bfloat16")}
+    generator = torch.Generator().manual_seed(1)
+    hidden = rankers["float32"].hidden_size
+    items = [torch.randn(2, hidden, generator=generator) * 3 for _ in range(30)]
+    requests = [("streaming data engineer", items), ("nurse", items[:12])]
+    reference = rankers["float32"].score_batch(requests)
+    bf16 = rankers["bfloat16"]
+    shared, copied = bf16.score_batch(requests), bf16.score_batch(requests, backend="amortized-copy")
+    for (query, candidates), expected, one, other in zip(requests, reference, shared, copied, strict=True):
+        naive = bf16.score(query, candidates, backend="naive").log_odds
+        tolerance = 0.25 * np.ptp(expected.log_odds) + 0.01
+        for scores in (other.log_odds, naive, expected.log_odds):
+            assert np.abs(one.log_odds - scores).max() < tolerance
+        assert np.corrcoef(np.argsort(np.argsort(one.log_odds)), np.argsort(np.argsort(expected.log_odds)))[0, 1] > 0.9

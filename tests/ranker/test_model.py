@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from mixlm.ranker import shared_prefix
 from mixlm.ranker.model import MixedInputRanker
 
 
@@ -61,6 +62,86 @@ def test_empty_and_bad_backend(ranker):
     assert ranker.score("q", []).p_yes.shape == (0,)
     with pytest.raises(ValueError, match="backend"):
         ranker.score("q", items(ranker, 1, 1), backend="packed-ish")
+    with pytest.raises(ValueError, match="backend"):
+        ranker.score_batch([("q", items(ranker, 1, 1))], backend="naive")
+
+
+def _mixed_requests(ranker, n_tokens):
+    """Queries of different prefix lengths, one without candidates, candidates of two lengths."""
+    return [("python", items(ranker, 4, n_tokens, seed=1)),
+            ("senior data engineer for streaming pipelines with kafka and beam",
+             items(ranker, 6, n_tokens, seed=2) + items(ranker, 2, 1, seed=9)),
+            ("nurse", []),
+            ("a", items(ranker, 3, n_tokens, seed=3))]
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3])
+@pytest.mark.parametrize("budget", [10, 16_384])
+def test_shared_prefix_equals_naive_and_the_copying_path(ranker, n_tokens, budget):
+    """The shared-prefix backend (no cache copy) against one full sequence per candidate and against
+    the earlier path that copies the query cache per batch: several queries per forward, T_S > 1,
+    and a budget small enough that a query's candidates span batches and batches mix queries."""
+    assert ranker.shares_prefix and ranker.model.config._attn_implementation.startswith(shared_prefix.NAME_PREFIX)
+    tight = MixedInputRanker(ranker.model, ranker.tokenizer, ranker.prompt, ranker.encoder_id, token_budget=budget)
+    requests = _mixed_requests(ranker, n_tokens)
+    shared = tight.score_batch(requests)
+    copied = tight.score_batch(requests, backend="amortized-copy")
+    for (query, candidates), one, other in zip(requests, shared, copied, strict=True):
+        naive = ranker.score(query, candidates, backend="naive").log_odds
+        np.testing.assert_allclose(one.log_odds, naive, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(one.log_odds, other.log_odds, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(one.p_yes, 1 / (1 + np.exp(-one.log_odds)), rtol=1e-6)
+
+
+def test_long_rows_take_sdpa_and_still_equal_naive(ranker):
+    """Rows longer than SHORT_ROWS (text baselines) take the expanded-prefix SDPA route."""
+    long = shared_prefix.SHORT_ROWS + 5
+    requests = [("python", items(ranker, 2, long, seed=11) + items(ranker, 2, 1, seed=12)),
+                ("senior data engineer for streaming pipelines", items(ranker, 3, long - 3, seed=13))]
+    for (query, candidates), scores in zip(requests, ranker.score_batch(requests), strict=True):
+        np.testing.assert_allclose(scores.log_odds, ranker.score(query, candidates, backend="naive").log_odds,
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_other_forwards_are_unchanged_by_the_dispatcher(ranker, tiny_bundle):
+    """Calls without a shared prefix (the naive path, prefill, training) reach the original attention."""
+    from mixlm.encoders.bundle import load_bundle
+
+    plain = load_bundle(tiny_bundle).load_ranker()
+    assert not plain.config._attn_implementation.startswith(shared_prefix.NAME_PREFIX)
+    ids = torch.tensor([ranker.tokenizer.encode("data engineer in Oslo writing python", add_special_tokens=True)])
+    with torch.inference_mode():
+        np.testing.assert_allclose(ranker.model(input_ids=ids).logits.numpy(), plain(input_ids=ids).logits.numpy(),
+                                   atol=1e-5)
+    assert not shared_prefix.enable(torch.nn.Linear(2, 2))  # not a transformers model: left alone
+    plain.config.sliding_window = 8
+    assert not shared_prefix.enable(plain) and plain.config._attn_implementation == "sdpa"  # not reproduced
+
+
+def test_a_forward_whose_attention_skipped_the_prefix_falls_back_to_copying(ranker, monkeypatch):
+    """As with a transformers that does not pass keyword arguments down to attention: detected, copied."""
+    read = shared_prefix.attention
+
+    def forgetful(module, query, key, value, prefix, scaling=None):
+        out = read(module, query, key, value, prefix, scaling)
+        prefix.layers_read.clear()
+        return out
+
+    monkeypatch.setattr(shared_prefix, "attention", forgetful)
+    fresh = MixedInputRanker(ranker.model, ranker.tokenizer, ranker.prompt, ranker.encoder_id)
+    candidates = items(ranker, 4, 1, seed=6)
+    np.testing.assert_allclose(fresh.score("nurse", candidates).log_odds,
+                               ranker.score("nurse", candidates, backend="naive").log_odds, atol=1e-4)
+    assert not fresh.shares_prefix
+
+
+def test_amortized_falls_back_to_copying_where_attention_cannot_be_shared(ranker, monkeypatch):
+    monkeypatch.setattr(shared_prefix, "enable", lambda model: False)
+    fallback = MixedInputRanker(ranker.model, ranker.tokenizer, ranker.prompt, ranker.encoder_id)
+    assert not fallback.shares_prefix
+    candidates = items(ranker, 5, 2, seed=4)
+    np.testing.assert_allclose(fallback.score("nurse", candidates).log_odds,
+                               ranker.score("nurse", candidates, backend="naive").log_odds, atol=1e-4)
 
 
 def test_padded_batches_under_a_small_token_budget(ranker):
@@ -120,6 +201,26 @@ def test_query_tokens_and_interaction_keep_amortized_equal_to_naive(reading_rank
     assert not np.allclose(batched[0].log_odds, batched[1].log_odds)  # each candidate reads its own query
     np.testing.assert_allclose(batched[0].log_odds, reading_ranker.score("q", candidates, **kwargs).log_odds,
                                atol=1e-4)
+
+
+def test_query_tokens_and_interaction_on_the_shared_prefix_with_several_queries(reading_ranker):
+    """Several queries with their own embedding tokens and interactions, T_S = 2, in one forward."""
+    requests, embeddings, retrievals = [], [], []
+    for index, query in enumerate(["q", "a much longer query about streaming data pipelines", "nurse"]):
+        candidates = items(reading_ranker, 3 + index, 2, seed=20 + index)
+        embedding, retrieval = _query_and_retrieval(reading_ranker, len(candidates), seed=30 + index)
+        requests.append((query, candidates))
+        embeddings.append(embedding)
+        retrievals.append(retrieval)
+    shared = reading_ranker.score_batch(requests, query_embeddings=embeddings, item_retrievals=retrievals)
+    copied = reading_ranker.score_batch(requests, query_embeddings=embeddings, item_retrievals=retrievals,
+                                        backend="amortized-copy")
+    for (query, candidates), embedding, retrieval, one, other in zip(requests, embeddings, retrievals, shared,
+                                                                     copied, strict=True):
+        naive = reading_ranker.score(query, candidates, backend="naive", query_embedding=embedding,
+                                     item_retrieval=retrieval).log_odds
+        np.testing.assert_allclose(one.log_odds, naive, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(one.log_odds, other.log_odds, atol=1e-4, rtol=1e-4)
 
 
 def test_the_query_tokens_close_the_prefix_and_the_interaction_is_what_the_docs_say(reading_ranker):
