@@ -47,8 +47,11 @@ setup(
         "prometheus-client>=0.20",  # mixlm serve: /metrics
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7"],
-        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7"],
+        # mixlm backfill --runner dask (Beam's Dask runner, a dask.distributed cluster)
+        "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
+        # the tests run the Dask backfill on a local cluster
+        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7", "dask>=2024.4.2", "distributed>=2024.4.2"],
+        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7", "dask>=2024.4.2", "distributed>=2024.4.2"],
     },
     entry_points={
         "console_scripts": [

@@ -9,6 +9,7 @@ import click
 from mixlm.output import columns_table
 
 RESULTS_DIR = Path("bench/results")
+MAIN_LABEL = "mixlm_amortized"
 
 
 @click.group()
@@ -56,6 +57,31 @@ def backfill_command(bundle_dir: str, corpus: Path | None, items: int, out: Path
     corpus = corpus or _default_corpus()
     result = run_backfill_bench(bundle_dir, corpus, n_items=items, log=lambda line: click.echo(line, err=True))
     _report_one("backfill", result, bundle_dir, corpus, out)
+
+
+@bench.command("dask-backfill")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=Path("data/scifact/corpus.jsonl.gz"), show_default=True, help="BEIR corpus.jsonl[.gz]")
+@click.option("--items", type=click.IntRange(min=100), default=5_000, show_default=True)
+@click.option("--workers", default="1,2", show_default=True, help="Dask cluster sizes (worker processes)")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              default=RESULTS_DIR / "dask_backfill.json", show_default=True)
+def dask_backfill_command(bundle_dir: str, corpus: Path, items: int, workers: str, out: Path) -> None:
+    """Snapshot-only backfill items/s: the local runner, then local Dask clusters of each size, one run."""
+    from mixlm.bench.dask_bench import run_dask_backfill_bench
+    from mixlm.bench.store_bench import machine, write_report
+
+    report = run_dask_backfill_bench(bundle_dir, corpus, n_items=items, workers=[int(w) for w in workers.split(",")],
+                                     log=lambda line: click.echo(line, err=True))
+    report.update({"benchmark": "dask-backfill", "machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
+    write_report(report, out)
+    click.echo(columns_table(report["results"], list(report["results"][0])))
+    click.echo("items/s over the local runner with the same torch threads: "
+               + ", ".join(f"{k} {v}x" for k, v in report["over_local_same_threads"].items()))
+    click.echo("items/s over the best local runner: "
+               + ", ".join(f"{k} {v}x" for k, v in report["over_best_local"].items()))
+    click.echo(f"wrote {out}")
 
 
 def _report_one(name: str, result: dict, bundle_dir: str, corpus: Path, out: Path) -> None:
@@ -124,6 +150,43 @@ def chaos_command(bundle_dir, events, items, poison, kills, seed, workdir, out) 
         raise SystemExit(1)
 
 
+@bench.command("stream-group")
+@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="model bundle (default: a fresh tiny random one)")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="BEIR corpus for the items' text (default: synthetic text)")
+@click.option("--consumers", default="1,2", show_default=True, help="consumer counts, one run each")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=40.0, show_default=True, help="live events per second")
+@click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True, help="live phase length")
+@click.option("--burst", type=click.IntRange(min=10), default=2_000, show_default=True, help="events sent at once")
+@click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="keep the stores and logs here (default: a temporary folder, removed)")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              default=RESULTS_DIR / "stream_group.json", show_default=True)
+def stream_group_command(bundle_dir, corpus, consumers, rate, seconds, burst, partitions, workdir, out) -> None:
+    """Events/s and freshness p50/p99 of 1 and 2 'mixlm stream' consumers of one group, one run."""
+    import tempfile
+
+    from mixlm.bench.store_bench import machine, write_report
+    from mixlm.bench.stream_group_bench import run_stream_group_bench
+    from mixlm.encoders import init_tiny_bundle
+
+    with tempfile.TemporaryDirectory(prefix="mixlm-stream-group-bundle-") as scratch:
+        if bundle_dir is None:
+            bundle_dir = str(Path(scratch) / "tiny")
+            init_tiny_bundle(bundle_dir, seed=0)
+        report = run_stream_group_bench(bundle_dir, corpus, consumers=[int(c) for c in consumers.split(",")],
+                                        rate_per_s=rate, seconds=seconds, burst=burst, partitions=partitions,
+                                        workdir=workdir, log=lambda line: click.echo(line, err=True))
+    report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus) if corpus else None})
+    write_report(report, out)
+    click.echo(columns_table(report["results"], ("consumers", "partitions", "join_s", "live_rate_per_s",
+                                                  "freshness_p50_ms", "freshness_p99_ms", "events_per_s",
+                                                  "reads_per_event", "per_consumer_reads")))
+    click.echo(f"wrote {out}")
+
+
 @bench.command("rank")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -137,23 +200,89 @@ def chaos_command(bundle_dir, events, items, poison, kills, seed, workdir, out) 
 @click.option("--truncate-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--full-text-max-n", type=click.IntRange(min=1), default=50, show_default=True,
               help="skip the full-text baseline above this N (it is slow on a CPU)")
+@click.option("--baseline-max-q", type=click.IntRange(min=1), default=4, show_default=True,
+              help="skip the truncated-text baseline above this many queries per forward")
+@click.option("--dtypes", default="bfloat16,float32", show_default=True,
+              help="compute dtypes of MixLM amortized; the first one also runs the baselines")
+@click.option("--copy-backend/--no-copy-backend", default=True, show_default=True,
+              help="also time the earlier amortized backend, which copies the query cache per batch")
+@click.option("--legacy/--no-legacy", default=True, show_default=True,
+              help="also time the code before bfloat16 and the one-token end (float32, cache copies, 5 positions)")
+@click.option("--breakdown/--no-breakdown", default=True, show_default=True,
+              help="time MixLM amortized's matmuls and attention alone at the largest N (where the time goes)")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's)")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               default=RESULTS_DIR / "rank.json", show_default=True)
-def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, truncate_tokens, full_text_max_n, out):
+def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, truncate_tokens, full_text_max_n,
+                 baseline_max_q, dtypes, copy_backend, legacy, breakdown, threads, out):
     """Full text vs truncated text vs MixLM naive vs amortized on one ranker; JSON + PNG plot."""
+    import torch
+
     from mixlm.bench.rank_bench import plot, run_rank_bench
     from mixlm.bench.store_bench import machine, write_report
 
+    if threads:
+        torch.set_num_threads(threads)
     corpus = corpus or _default_corpus()
     report = run_rank_bench(bundle_dir, corpus, sizes=tuple(int(s) for s in sizes.split(",")),
                             queries_per_forward=tuple(int(q) for q in queries.split(",")), requests=requests,
+                            dtypes=tuple(dtypes.split(",")), copy_backend=copy_backend, legacy=legacy,
                             truncate_tokens=truncate_tokens, full_text_max_n=full_text_max_n,
-                            p99_budget_ms=p99_budget_ms, log=lambda line: click.echo(line, err=True))
+                            baseline_max_q=baseline_max_q, p99_budget_ms=p99_budget_ms, with_breakdown=breakdown,
+                            log=lambda line: click.echo(line, err=True))
     report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
     write_report(report, out)
     plot(report, out.with_suffix(".png"))
-    click.echo(columns_table(report["results"], ("method", "candidates", "queries_per_forward", "p50_ms", "p99_ms",
-                                                  "items_per_s")))
+    click.echo(columns_table(report["results"], ("label", "dtype", "backend", "positions_per_candidate", "candidates",
+                                                  "queries_per_forward", "p50_ms", "p99_ms", "items_per_s")))
     click.echo(f"best items/s within p99 {p99_budget_ms:g} ms: {report['best_items_per_s_under_budget']}")
     click.echo("ratios of best items/s: " + ", ".join(f"{k} {v}x" for k, v in report["ratios"].items()))
+    click.echo(f"square matmul GFLOP/s: {report['matmul_2048_gflops']}; FLOPs: {report['flops']}")
+    click.echo(columns_table(report["analysis"], list(report["analysis"][0]) if report["analysis"] else ()))
+    if report["breakdown"]:
+        click.echo(columns_table(report["breakdown"], list(report["breakdown"][0])))
+    for point in report["speedups"]:
+        click.echo(f"N={point['candidates']} q={point['queries_per_forward']}: {MAIN_LABEL} {point['items_per_s']} "
+                   "items/s, " + ", ".join(f"{v}x {k}" for k, v in point["over"].items()))
+    click.echo(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+@bench.command("serve")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="BEIR corpus: the first max(sizes) items are backfilled into a temporary store, titles of "
+                   "later ones are the queries (default: job postings from ../shared, else SciFact)")
+@click.option("--sizes", default="50,250", show_default=True, help="candidates per request")
+@click.option("--concurrency", default="1,4,16", show_default=True, help="concurrent callers")
+@click.option("--requests", type=click.IntRange(min=1), default=32, show_default=True,
+              help="requests per point (each side)")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="a point sends no new request after this long")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="the server's (and the in-process batcher's) wait for company")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="most requests per forward pass, both sides")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              default=RESULTS_DIR / "serve.json", show_default=True)
+def serve_command(bundle_dir, corpus, sizes, concurrency, requests, max_seconds, batch_wait_ms, batch_size, out):
+    """`mixlm serve` (subprocess, loopback) under load against in-process RankerClient; JSON + PNG plot."""
+    from mixlm.bench.serve_bench import plot, run_serve_bench
+    from mixlm.bench.store_bench import machine, write_report
+
+    corpus = corpus or _default_corpus()
+    report = run_serve_bench(bundle_dir, corpus, sizes=tuple(int(s) for s in sizes.split(",")),
+                             concurrency=tuple(int(c) for c in concurrency.split(",")), requests=requests,
+                             max_seconds=max_seconds, batch_wait_ms=batch_wait_ms, batch_size=batch_size,
+                             log=lambda line: click.echo(line, err=True))
+    report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
+    write_report(report, out)
+    plot(report, out.with_suffix(".png"))
+    click.echo(columns_table(report["results"], ("side", "candidates", "concurrency", "requests", "errors", "p50_ms",
+                                                  "p99_ms", "items_per_s", "mean_batch")))
+    click.echo(columns_table(report["comparisons"], list(report["comparisons"][0])))
+    goals = report["goals"]
+    click.echo(f"goal: service adds at most 10% p50 latency at the lowest concurrency: "
+               f"{'met' if goals['overhead_met'] else 'NOT met'}")
+    click.echo(f"goal: service items/s at the highest concurrency beats the lowest: "
+               f"{'met' if goals['throughput_grows_met'] else 'NOT met'}")
     click.echo(f"wrote {out} and {out.with_suffix('.png')}")

@@ -18,6 +18,12 @@ def corpus_events(corpus: Path, limit: int) -> list[ItemEvent]:
     return [ItemEvent(doc.doc_id, "upsert", 1, doc.title, doc.text) for doc in read_corpus(corpus, limit)]
 
 
+def write_catalog(events: list[ItemEvent], path: Path) -> Path:
+    """``events`` as a JSON-lines catalog that ``run_backfill`` reads."""
+    path.write_text("".join(e.to_json() + "\n" for e in events))
+    return path
+
+
 def run_backfill_bench(bundle_dir: str, corpus: Path, *, n_items: int = 2_000,
                        log: Callable[[str], None] = print) -> dict:
     """Items/s of the raw encoder loop and of the Beam backfill on the same items, one run."""
@@ -32,8 +38,7 @@ def run_backfill_bench(bundle_dir: str, corpus: Path, *, n_items: int = 2_000,
     raw_seconds = time.perf_counter() - began
     log(f"  raw encoder: {len(events) / raw_seconds:,.1f} items/s")
     with tempfile.TemporaryDirectory(prefix="mixlm-backfill-bench-") as tmp:
-        catalog = Path(tmp) / "items.jsonl"
-        catalog.write_text("".join(e.to_json() + "\n" for e in events))
+        catalog = write_catalog(events, Path(tmp) / "items.jsonl")
         began = time.perf_counter()
         manifest = run_backfill(str(catalog), bundle_dir, str(Path(tmp) / "store"), log=lambda _line: None)
         pipeline_seconds = time.perf_counter() - began

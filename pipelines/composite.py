@@ -20,8 +20,11 @@ class EncodeToStore(beam.PTransform):
 
     def __init__(self, *, store_path: str, bundle_dir: str, encoder_id: str, job_id: str,
                  max_text_bytes: int, device: str | None = None, sink_options: dict | None = None,
-                 snapshot_only_root: str | None = None):
-        """With ``snapshot_only_root`` the job neither reads nor writes LMDB (distributed runners)."""
+                 snapshot_only_root: str | None = None, torch_threads: int | None = None):
+        """With ``snapshot_only_root`` the job neither reads nor writes LMDB (distributed runners).
+
+        ``torch_threads`` sets torch's threads in each worker process that loads the encoder.
+        """
         super().__init__()
         self.snapshot_only_root = snapshot_only_root
         self.store_path = store_path
@@ -31,6 +34,7 @@ class EncodeToStore(beam.PTransform):
         self.max_text_bytes = max_text_bytes
         self.device = device
         self.sink_options = sink_options or {}
+        self.torch_threads = torch_threads
 
     def expand(self, raw_events):
         if self.snapshot_only_root:
@@ -43,6 +47,7 @@ class EncodeToStore(beam.PTransform):
             raw_events
             | "Parse" >> beam.ParDo(ParseEvents(self.max_text_bytes))
             | "Classify" >> beam.ParDo(classify)
-            | "Encode" >> RunInference(ItemEncoderHandler(self.bundle_dir, job_id=self.job_id, device=self.device))
+            | "Encode" >> RunInference(ItemEncoderHandler(self.bundle_dir, job_id=self.job_id, device=self.device,
+                                                           torch_threads=self.torch_threads))
             | "Write" >> beam.ParDo(sink)
         )

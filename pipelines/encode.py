@@ -41,14 +41,21 @@ def _systemic(exc: Exception) -> bool:
 
 
 class ItemEncoderHandler(ModelHandler[ParsedEvent | Outcome, Outcome, object]):
-    def __init__(self, bundle_dir: str, *, job_id: str, device: str | None = None, max_batch_items: int = 256):
+    def __init__(self, bundle_dir: str, *, job_id: str, device: str | None = None, max_batch_items: int = 256,
+                 torch_threads: int | None = None):
+        """``torch_threads``: set torch's intra-op threads in the worker that loads the model (default: leave it)."""
         super().__init__()
         self.bundle_dir = bundle_dir
         self.job_id = job_id
         self.device = device
         self.max_batch_items = max_batch_items
+        self.torch_threads = torch_threads
 
     def load_model(self):
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         return load_encoder(self.bundle_dir, self.device)
 
     def run_inference(self, batch: Sequence[ParsedEvent | Outcome], model, inference_args=None) -> Iterable[Outcome]:

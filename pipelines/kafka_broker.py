@@ -29,10 +29,15 @@ parts mixlm relies on):
   send keeps end offsets exact, and ``produce`` defaults to it. The high watermark in fetch
   responses (``consumer.highwater(tp)`` after a poll) is exact, and consumers that track their
   position from fetched records are unaffected.
-- Group membership (``subscribe``): the first join takes 3.0 s with
-  ``session_timeout_ms=max_poll_interval_ms=6000`` (2-4 s at 3000, 23 s with kafka-python's
-  defaults); a restarted consumer rejoins in 3 s and resumes from the group's commits; a
-  second member joining a live group waited 14-30 s for its partitions.
+- Group membership (``subscribe``; ``mixlm stream`` relies on it): JoinGroup, SyncGroup,
+  Heartbeat, LeaveGroup and commits in ``on_partitions_revoked`` work. The first join takes
+  half the session timeout (3 s at ``session_timeout_ms=6000``, 5 s at 10000); a member
+  joining a live group has its partitions about 4 s later (when the members poll every
+  0.1-0.2 s); a member that leaves hands its partitions over in about 3.6 s; a SIGKILLed
+  member's partitions move about 9 s after the kill (its session, then a rebalance). A
+  member joining while a dead one is still in the group is first assigned nothing. The
+  cooperative-sticky assignor works but takes two rounds (11 s for a joining member);
+  static membership (``group_instance_id``) lets a restarted member back in about 6 s.
 - Manual assignment under a ``group_id`` (``assign`` + ``seek`` + ``position`` +
   ``commit({tp: OffsetAndMetadata(offset, "", -1)})`` + ``committed``) needs no join (a few
   ms), works with one consumer per partition, and a new consumer of the same group sees the

@@ -22,6 +22,7 @@ import click
 
 from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
 from mixlm.output import output_option, render
+from mixlm.pipelines.kafka_options import KafkaOptions, kafka_client_options
 from mixlm.schemas import ValidationError, parse_item_event
 from mixlm.schemas.errors import InputError
 from mixlm.schemas.item_event import decode_json, rejection_reason
@@ -70,8 +71,10 @@ def _unreachable(bootstrap_servers: str, timeout_s: float) -> ProduceError:
 
 
 def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = DEFAULT_PARTITIONS, *,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """Create ``topic`` with ``partitions`` partitions (replication 1) unless it exists; True if created."""
+                 timeout_s: float = DEFAULT_TIMEOUT_S, options: KafkaOptions | None = None) -> bool:
+    """Create ``topic`` with ``partitions`` partitions (replication 1) unless it exists; True if created.
+
+    ``options`` (security, tuning; kafka-python's names) go to the admin client."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -79,8 +82,9 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int = DEFAULT_P
         raise InputError(f"partitions must be >= 1, got {partitions}")
     timeout_ms = int(timeout_s * 1000)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, bootstrap_timeout_ms=timeout_ms,
-                                 request_timeout_ms=timeout_ms, client_id="mixlm-produce")
+        config = (options or KafkaOptions()).for_client("admin", bootstrap_timeout_ms=timeout_ms,
+                                                         request_timeout_ms=timeout_ms, client_id="mixlm-produce")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, **config)
     except _bootstrap_errors():
         raise _unreachable(bootstrap_servers, timeout_s) from None
     try:
@@ -111,20 +115,23 @@ def _best_effort_key(line: bytes) -> bytes | None:
 
 def produce_lines(bootstrap_servers: str, topic: str, lines: Iterable[bytes], *, raw: bool = False,
                   warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-                  batch_size: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S) -> ProduceSummary:
+                  batch_size: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  options: KafkaOptions | None = None) -> ProduceSummary:
     """Send each line (bytes, newline optional) as one event keyed by its item_id.
 
     Invalid lines are skipped with a warning unless ``raw``. Blank lines are skipped and counted
-    (``blank``). Returns once every sent record is acknowledged (``acks=all``); ProduceError if
-    any failed.
+    (``blank``). Returns once every sent record is acknowledged (``acks=all`` unless ``options``
+    say otherwise); ProduceError if any failed.
     """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError, KafkaTimeoutError
 
     timeout_ms = int(timeout_s * 1000)
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=0, batch_size=batch_size, acks="all",
-                                 bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms, client_id="mixlm-produce")
+        config = (options or KafkaOptions()).for_client(
+            "producer", linger_ms=0, acks="all", bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms,
+            client_id="mixlm-produce")
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers, batch_size=batch_size, **config)
     except _bootstrap_errors():
         raise _unreachable(bootstrap_servers, timeout_s) from None
     summary = ProduceSummary(topic)
@@ -205,10 +212,12 @@ def produce_file(bootstrap_servers: str, topic: str, path: str | Path, **kwargs)
                    "broker's end offsets exact; raise it (e.g. 16384) for throughput")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT_S,
               show_default=True, help="seconds to wait for the broker")
+@kafka_client_options
 @output_option()
 @user_errors
 def produce(bootstrap_servers: str, topic: str, input_path: str, create_topic: bool, partitions: int, raw: bool,
-            batch_size: int, timeout_s: float, output: str) -> None:
+            batch_size: int, timeout_s: float, kafka_config: str | None, kafka_option: tuple[str, ...],
+            output: str) -> None:
     """Publish ItemEvents from a JSONL file to Kafka, keyed by item_id.
 
     Invalid lines are skipped with a warning on stderr naming their line numbers, unless
@@ -216,11 +225,12 @@ def produce(bootstrap_servers: str, topic: str, input_path: str, create_topic: b
     """
     if input_path != "-" and not Path(input_path).is_file():
         fail(f"input {input_path} does not exist", EXIT_NOT_FOUND)
+    options = KafkaOptions.parse(kafka_option, kafka_config)
     try:
-        if create_topic and ensure_topic(bootstrap_servers, topic, partitions, timeout_s=timeout_s):
+        if create_topic and ensure_topic(bootstrap_servers, topic, partitions, timeout_s=timeout_s, options=options):
             click.echo(f"created topic {topic} ({partitions} partitions)", err=True)
         summary = produce_file(bootstrap_servers, topic, input_path, raw=raw, batch_size=batch_size,
-                               timeout_s=timeout_s, warn=lambda line: click.echo(line, err=True))
+                               timeout_s=timeout_s, options=options, warn=lambda line: click.echo(line, err=True))
     except ProduceError as exc:
         fail(str(exc))
     click.echo(render(summary.to_dict(), output, summary.line()))

@@ -29,6 +29,26 @@ def pipeline_options(beam_args: Sequence[str], *, streaming: bool = False) -> Pi
     return PipelineOptions(args)
 
 
+DASK_ALIASES = ("dask", "DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner",
+                "mixlm.pipelines.dask_runner.DaskRunner")
+
+
+def runner_name(beam_args: Sequence[str]) -> str | None:
+    """The value of ``--runner`` among Beam arguments, if any."""
+    args = list(beam_args)
+    for index, arg in enumerate(args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and index + 1 < len(args):
+            return args[index + 1]
+    return None
+
+
+def is_dask_runner(beam_args: Sequence[str]) -> bool:
+    """``--runner dask`` (or Beam's or mixlm's DaskRunner): the backfill runs on a Dask cluster."""
+    return runner_name(beam_args) in DASK_ALIASES
+
+
 def _is_local(args: Sequence[str]) -> bool:
     return f"--runner={LOCAL_RUNNER}" in args or any(
         a == "--runner" and i + 1 < len(args) and args[i + 1] in (LOCAL_RUNNER, "DirectRunner")

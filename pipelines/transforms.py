@@ -9,6 +9,8 @@ unbounded stream would run only when the stream ends.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -155,7 +157,8 @@ class WriteOutcomes(beam.DoFn):
 
     def __init__(self, store_path: str, job_id: str, encoder_id: str, *, snapshot_dtype: str = "float32",
                  snapshot_rows: int = 50_000, snapshot_seconds: float | None = None, flush_size: int = 512,
-                 stop_aware: bool = False, dead_letter_topic: str | None = None, bootstrap_servers: str | None = None):
+                 stop_aware: bool = False, dead_letter_topic: str | None = None, bootstrap_servers: str | None = None,
+                 kafka_options=None):
         self.store_path = store_path
         self.job_id = job_id
         self.encoder_id = encoder_id
@@ -166,6 +169,7 @@ class WriteOutcomes(beam.DoFn):
         self.stop_aware = stop_aware
         self.dead_letter_topic = dead_letter_topic
         self.bootstrap_servers = bootstrap_servers
+        self.kafka_options = kafka_options  # a KafkaOptions: secret references resolved in setup
 
     def setup(self):
         self.store = EmbeddingStore.open(self.store_path)
@@ -177,7 +181,10 @@ class WriteOutcomes(beam.DoFn):
         if self.dead_letter_topic:
             from kafka import KafkaProducer
 
-            self.producer = KafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=0)
+            from mixlm.pipelines.kafka_options import KafkaOptions
+
+            config = (self.kafka_options or KafkaOptions()).for_client("producer", linger_ms=0)
+            self.producer = KafkaProducer(bootstrap_servers=self.bootstrap_servers, **config)
 
     def process(self, outcome: Outcome):
         self.buffer.append(outcome)
@@ -238,10 +245,16 @@ class ClassifyWithoutStore(beam.DoFn):
             event.item_id, event.version, self.encoder_id, job_id=self.job_id, encoded_at=time.time()))
 
 
+SNAPSHOT_COUNTS = ("read", "encoded", "skipped_unchanged", "stale", "written", "deleted", "dead_lettered")
+
+
 class WriteSnapshotOnly(beam.DoFn):
     """The sink of a distributed backfill: Parquet parts and dead-letter JSONL, counts as Beam metrics.
 
     ``snapshot_root`` must be a path every worker reaches; ``mixlm-store load`` then builds LMDB.
+    The counts also go beside the parts, one small JSON file per bundle written after that
+    bundle's parts and dead letters (``counts_dir``), for runners that report no Beam metrics
+    (Beam's Dask runner); ``snapshot_counts`` sums them.
     """
 
     def __init__(self, snapshot_root: str, job_id: str, encoder_id: str, *, snapshot_dtype: str = "float32",
@@ -255,19 +268,22 @@ class WriteSnapshotOnly(beam.DoFn):
     def setup(self):
         self.writer = SnapshotWriter(self.snapshot_root, self.encoder_id, self.job_id, dtype=self.snapshot_dtype,
                                      rows_per_file=self.snapshot_rows)
-        self.counters = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in
-                         ("read", "encoded", "skipped_unchanged", "stale", "written", "deleted", "dead_lettered")}
+        self.counters = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in SNAPSHOT_COUNTS}
         self.dead_letter_file = None
+        self.bundle_counts: dict[str, int] = dict.fromkeys(SNAPSHOT_COUNTS, 0)
+        self.bundles = 0
 
     def process(self, outcome: Outcome):
-        for name, value in outcome_counts([outcome]).items():
-            self.counters[name].inc(value)
+        counts = outcome_counts([outcome])
         if outcome.kind == RECORD:
-            self.counters["deleted" if outcome.record.deleted else "written"].inc()
+            counts["deleted" if outcome.record.deleted else "written"] = 1
             self.writer.write([outcome.record])
         elif outcome.kind == DEAD:
-            self.counters["dead_lettered"].inc()
+            counts["dead_lettered"] = 1
             self._dead_letters().write(json.dumps(outcome.dead_letter.to_dict()) + "\n")
+        for name, value in counts.items():
+            self.counters[name].inc(value)
+            self.bundle_counts[name] += value
 
     def _dead_letters(self):
         if self.dead_letter_file is None:
@@ -280,7 +296,37 @@ class WriteSnapshotOnly(beam.DoFn):
         self.writer.flush()
         if self.dead_letter_file is not None:
             self.dead_letter_file.flush()
+        if self.bundle_counts["read"]:
+            self._write_counts()
+
+    def _write_counts(self) -> None:
+        """This bundle's counts, once its parts and dead letters are written (atomically: a reader sees all or none)."""
+        directory = counts_dir(self.snapshot_root, self.job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"counts-{self.writer.writer_token}-{self.bundles:05d}.json"
+        temporary = directory / f".{name}.tmp"
+        temporary.write_text(json.dumps({"job_id": self.job_id, "worker": f"{socket.gethostname()}:{os.getpid()}",
+                                         "counts": self.bundle_counts}))
+        os.replace(temporary, directory / name)
+        self.bundles += 1
+        self.bundle_counts = dict.fromkeys(SNAPSHOT_COUNTS, 0)
 
     def teardown(self):
         if self.dead_letter_file is not None:
             self.dead_letter_file.close()
+
+
+def counts_dir(snapshot_root: str | Path, job_id: str) -> Path:
+    return Path(snapshot_root) / "counts" / f"job={job_id}"
+
+
+def snapshot_counts(snapshot_root: str | Path, job_id: str) -> tuple[dict[str, int], set[str]]:
+    """The sum of a snapshot-only job's per-bundle counts files, and the workers (``host:pid``) that wrote them."""
+    totals = dict.fromkeys(SNAPSHOT_COUNTS, 0)
+    workers: set[str] = set()
+    for file in sorted(counts_dir(snapshot_root, job_id).glob("counts-*.json")):
+        written = json.loads(file.read_text())
+        workers.add(written["worker"])
+        for name, value in written["counts"].items():
+            totals[name] = totals.get(name, 0) + value
+    return totals, workers

@@ -29,10 +29,44 @@ def test_backfill_and_rank_benches(tiny_bundle, tmp_path):
         "--requests", 1, "--out", tmp_path / "rank.json")
     report = json.loads((tmp_path / "rank.json").read_text())
     assert (tmp_path / "rank.png").stat().st_size > 0
-    methods = {r["method"] for r in report["results"]}
-    assert methods == {"full_text", "truncated_text", "mixlm_naive", "mixlm_amortized"}
+    labels = {r["label"] for r in report["results"]}
+    assert labels == {"full_text", "truncated_text", "mixlm_naive", "mixlm_amortized", "mixlm_amortized_copy",
+                      "mixlm_amortized@float32", "mixlm_amortized_copy@float32", "mixlm_legacy"}
+    assert {r["dtype"] for r in report["results"] if r["label"] == "mixlm_amortized"} == {"bfloat16"}
+    legacy = [r for r in report["results"] if r["label"] == "mixlm_legacy"]
+    assert {(r["dtype"], r["backend"]) for r in legacy} == {("float32", "amortized-copy")}
+    amortized = [r for r in report["results"] if r["label"] == "mixlm_amortized"]
+    assert legacy[0]["positions_per_candidate"] >= amortized[0]["positions_per_candidate"]  # the old end
     assert set(report["ratios"]) == {"mixlm_amortized_over_full_text", "mixlm_amortized_over_truncated_text",
-                                     "mixlm_amortized_over_mixlm_naive"}
+                                     "mixlm_amortized_over_mixlm_naive", "mixlm_amortized_over_mixlm_legacy"}
+    assert [(p["candidates"], p["queries_per_forward"]) for p in report["speedups"]] == [(4, 1), (4, 2), (8, 1), (8, 2)]
+    assert set(report["speedups"][0]["over"]) == {"mixlm_naive", "mixlm_amortized_copy", "mixlm_amortized@float32",
+                                                  "mixlm_amortized_copy@float32", "mixlm_legacy"}
+    assert all(0 < a["fraction_of_matmul"] and a["mflop_per_item"] > 0 for a in report["analysis"])
+    assert report["matmul_2048_gflops"]["bfloat16"] > 0 and report["flops"]["mflop_per_candidate"] > 0
+    assert [(b["candidates"], b["queries_per_forward"]) for b in report["breakdown"]] == [(8, 1), (8, 2)]
+    assert all(b["request_ms"] > 0 and 0 < b["candidate_matmuls_share"] for b in report["breakdown"])
+
+
+def test_serve_bench_against_in_process(tiny_bundle, tmp_path):
+    run("serve", "--bundle", tiny_bundle, "--corpus", "data/adi/corpus.jsonl.gz", "--sizes", "4,8",
+        "--concurrency", "1,2", "--requests", 4, "--max-seconds", 30, "--out", tmp_path / "serve.json")
+    report = json.loads((tmp_path / "serve.json").read_text())
+    assert (tmp_path / "serve.png").stat().st_size > 0
+    points = {(r["side"], r["candidates"], r["concurrency"]) for r in report["results"]}
+    assert points == {(side, n, c) for side in ("service", "in_process") for n in (4, 8) for c in (1, 2)}
+    for row in report["results"]:
+        assert row["requests"] == 4 and row["errors"] == 0, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["items_per_s"] > 0 and row["mean_batch"] >= 1
+    assert [c["candidates"] for c in report["comparisons"]] == [4, 8]
+    for comparison in report["comparisons"]:
+        assert comparison["low_concurrency"] == 1 and comparison["high_concurrency"] == 2
+        assert all(comparison[key] > 0 for key in ("service_over_in_process_p50", "service_over_in_process_p99",
+                                                   "service_items_per_s_high_over_low",
+                                                   "in_process_items_per_s_high_over_low"))
+    assert set(report["goals"]) == {"max_service_over_in_process_p50", "overhead_met", "throughput_grows_met"}
+    assert report["max_score_diff_service_vs_in_process"] < 1e-3
+    assert report["machine"]["cpus"] > 0
 
 
 def test_chaos_bench_kills_the_consumer_and_finds_every_item_right(tiny_bundle, kafka_broker_binary, tmp_path):
