@@ -16,8 +16,10 @@ from mixlm.errors import user_errors
 def data_options(func):
     """Options every training stage shares: the data, the schedule, the seed."""
     options = [
-        click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False),
-                     help="a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv)"),
+        click.option("--dataset", "datasets", required=True, multiple=True,
+                     type=click.Path(exists=True, file_okay=False),
+                     help="a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv); repeat it "
+                          "to train on several collections together"),
         click.option("--split", default="train", show_default=True,
                      help="judgments to train on: train or dev (a test split is refused)"),
         click.option("--bm25-depth", type=click.IntRange(min=1), default=100, show_default=True,
@@ -43,11 +45,11 @@ def data_options(func):
     return func
 
 
-def _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps, lr,
+def _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps, lr,
                    checkpoint_every, seed):
     from mixlm.training.stages import DataConfig
 
-    data = DataConfig(dataset=str(Path(dataset).resolve()), split=split, bm25_depth=bm25_depth,
+    data = DataConfig(datasets=tuple(str(Path(d).resolve()) for d in datasets), split=split, bm25_depth=bm25_depth,
                       group_size=group_size, queries_per_step=queries_per_step, max_queries=max_queries,
                       holdout_every=holdout_every or None)
     return data, _loop(steps, lr, checkpoint_every, seed)
@@ -76,14 +78,14 @@ def train() -> None:
 @click.option("--lora-layers", type=click.IntRange(min=1), default=10, show_default=True,
               help="adapt the ranker's last N transformer blocks")
 @user_errors
-def teacher(bundle_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
+def teacher(bundle_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
             lr, checkpoint_every, seed, run_dir, max_item_tokens, lora_rank, lora_layers) -> None:
     """Stage 2: fine-tune the ranker on (query, full item text) with KL(p* || p); prints the teacher bundle."""
     from mixlm.encoders.lora import LoraConfig
     from mixlm.training.teacher import TeacherConfig, train_teacher
 
     _quiet_transformers()
-    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries,
+    data, loop = _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries,
                                 holdout_every, steps, lr, checkpoint_every, seed)
     config = TeacherConfig(data, loop, LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
                            max_item_tokens)
@@ -149,7 +151,7 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
 @click.option("--distill-weight", type=click.FloatRange(min=0), default=0.1, show_default=True,
               help="λ_d: weight of the teacher's full-text scores after the first phase")
 @user_errors
-def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
+def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
           lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
           query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
           phase1_fraction, distill_weight) -> None:
@@ -165,7 +167,7 @@ def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step,
     from mixlm.training.joint import JointConfig, train_joint
 
     _quiet_transformers()
-    data, loop = _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries,
+    data, loop = _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries,
                                 holdout_every, steps, lr, checkpoint_every, seed)
     encoder_lora = LoraConfig(rank=16, alpha=32.0, top_layers=encoder_lora_layers) if encoder_lora_layers else None
     config = JointConfig(data, loop, n_tokens=n_tokens, projection=projection, encoder_max_length=encoder_max_length,

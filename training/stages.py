@@ -10,6 +10,7 @@ from torch import nn
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.lora import LoraConfig, adapter_config, adapter_parameters, add_lora
 from mixlm.ranker.model import MixedInputRanker
+from mixlm.schemas.errors import InputError
 from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import GroupSampler, bm25_candidates
 from mixlm.training.evaluation import guard_training_split
@@ -18,7 +19,7 @@ from mixlm.training.run import RunDir, seed_everything
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str
+    datasets: tuple[str, ...]  # BEIR folders, trained on together (their ids must not collide)
     split: str = "train"
     bm25_depth: int = 100  # hard negatives come from each query's BM25 top-K
     group_size: int = 4  # candidates scored together per query
@@ -31,11 +32,31 @@ class DataConfig:
 def training_data(config: DataConfig, log) -> tuple[BeirDataset, BeirDataset | None]:
     """``(train, dev)`` of the configured split; refuses a test split (``guard_training_split``)."""
     guard_training_split(config.split)
-    dataset = BeirDataset.load(config.dataset, config.split).limit(config.max_queries)
+    dataset = combined([BeirDataset.load(path, config.split) for path in config.datasets]).limit(config.max_queries)
     train, dev = dataset.holdout(config.holdout_every) if config.holdout_every else (dataset, None)
     log(f"{dataset.name}/{dataset.split}: {len(train.qrels)} judged queries to train on"
         + (f", {len(dev.qrels)} held out as dev" if dev else "") + f", {len(dataset.corpus)} documents")
     return train, dev
+
+
+def combined(parts: list[BeirDataset]) -> BeirDataset:
+    """One collection of several: documents, queries and judgments side by side, ids kept as they are.
+
+    Ids are kept so that a query's dev assignment (a hash of its id) is the same alone or combined.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    corpus: dict = {}
+    queries: dict[str, str] = {}
+    for part in parts:
+        for what, mine, theirs in (("document", corpus, part.corpus), ("query", queries, part.queries)):
+            clash = next((i for i in theirs if i in mine), None)
+            if clash is not None:
+                raise InputError(f"{part.name}: {what} id {clash!r} also appears in an earlier dataset; "
+                                 "datasets trained on together need distinct ids")
+            mine.update(theirs)
+    return BeirDataset("+".join(p.name for p in parts), parts[0].split, corpus, queries,
+                       {q: judged for p in parts for q, judged in p.qrels.items()})
 
 
 def training_sampler(config: DataConfig, seed: int, log) -> tuple[BeirDataset, GroupSampler]:

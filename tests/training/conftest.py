@@ -10,7 +10,7 @@ SCIFACT = Path(__file__).resolve().parents[2] / "data" / "scifact"
 def small_data(**overrides):
     from mixlm.training.stages import DataConfig
 
-    settings = {"dataset": str(SCIFACT), "max_queries": 6, "group_size": 3, "queries_per_step": 2, "bm25_depth": 20}
+    settings = {"datasets": (str(SCIFACT),), "max_queries": 6, "group_size": 3, "queries_per_step": 2, "bm25_depth": 20}
     return DataConfig(**{**settings, **overrides})
 
 
