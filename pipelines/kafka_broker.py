@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import IO
 
 from mixlm.config import mixlm_home
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, MixlmError
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -83,7 +83,7 @@ LOG_FILE = "broker.log"
 LOCK_FILE = ".lock"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(MixlmError, RuntimeError):
     """The broker cannot be found, started or stopped; the message is one line for people."""
 
 

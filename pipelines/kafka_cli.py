@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
-from mixlm.errors import fail
+from mixlm.errors import user_errors
 from mixlm.output import key_value_table, output_option, render
 from mixlm.pipelines.produce import produce
 
@@ -19,21 +18,6 @@ __all__ = ["kafka", "produce"]
 _state_option = click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None, envvar="MIXLM_KAFKA_STATE_DIR",
     show_envvar=True, help="where the pid file, port and log live (default: $MIXLM_HOME/kafka)")
-
-
-def _broker_errors(func):
-    """BrokerError as one line and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from mixlm.pipelines.kafka_broker import BrokerError
-
-        try:
-            return func(*args, **kwargs)
-        except BrokerError as exc:
-            fail(str(exc))
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,7 +34,7 @@ def kafka() -> None:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.5), default=20.0, show_default=True,
               help="seconds to wait for the broker to answer")
 @_state_option
-@_broker_errors
+@user_errors
 def up(port: int | None, timeout_s: float, state_dir: Path | None) -> None:
     """Start the broker in the background; prints its bootstrap address (127.0.0.1:PORT).
 
@@ -69,7 +53,7 @@ def up(port: int | None, timeout_s: float, state_dir: Path | None) -> None:
 
 @kafka.command()
 @_state_option
-@_broker_errors
+@user_errors
 def down(state_dir: Path | None) -> None:
     """Stop the background broker (SIGTERM, then SIGKILL). Its topics are gone: storage is in memory."""
     from mixlm.pipelines.kafka_broker import stop_daemon
@@ -81,7 +65,7 @@ def down(state_dir: Path | None) -> None:
 @kafka.command()
 @_state_option
 @output_option()
-@_broker_errors
+@user_errors
 def status(state_dir: Path | None, output: str) -> None:
     """Whether the background broker runs, and where. Exit code 0 either way."""
     from mixlm.pipelines import kafka_broker as kb

@@ -24,7 +24,7 @@ from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
 from mixlm.output import output_option, render
 from mixlm.pipelines.kafka_options import KafkaOptions, kafka_client_options
 from mixlm.schemas import ValidationError, parse_item_event
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, MixlmError
 from mixlm.schemas.item_event import decode_json, rejection_reason
 
 DEFAULT_PARTITIONS = 2
@@ -32,7 +32,7 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_WARNINGS = 20  # invalid lines warned one by one; the rest are counted
 
 
-class ProduceError(RuntimeError):
+class ProduceError(MixlmError, RuntimeError):
     """Kafka could not be reached, or events failed to send; one line for people."""
 
 
@@ -226,11 +226,8 @@ def produce(bootstrap_servers: str, topic: str, input_path: str, create_topic: b
     if input_path != "-" and not Path(input_path).is_file():
         fail(f"input {input_path} does not exist", EXIT_NOT_FOUND)
     options = KafkaOptions.parse(kafka_option, kafka_config)
-    try:
-        if create_topic and ensure_topic(bootstrap_servers, topic, partitions, timeout_s=timeout_s, options=options):
-            click.echo(f"created topic {topic} ({partitions} partitions)", err=True)
-        summary = produce_file(bootstrap_servers, topic, input_path, raw=raw, batch_size=batch_size,
-                               timeout_s=timeout_s, options=options, warn=lambda line: click.echo(line, err=True))
-    except ProduceError as exc:
-        fail(str(exc))
+    if create_topic and ensure_topic(bootstrap_servers, topic, partitions, timeout_s=timeout_s, options=options):
+        click.echo(f"created topic {topic} ({partitions} partitions)", err=True)
+    summary = produce_file(bootstrap_servers, topic, input_path, raw=raw, batch_size=batch_size,
+                           timeout_s=timeout_s, options=options, warn=lambda line: click.echo(line, err=True))
     click.echo(render(summary.to_dict(), output, summary.line()))

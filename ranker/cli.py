@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 
 from mixlm.config import default_store_path
-from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
+from mixlm.errors import EXIT_NOT_FOUND, EXIT_USAGE, fail, user_errors
 from mixlm.output import columns_table, output_option, render
 
 
 def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
     if bool(items) == bool(candidates):
-        fail("give exactly one of --items and --candidates", 2)
+        fail("give exactly one of --items and --candidates", EXIT_USAGE)
     if items:
         return [item.strip() for item in items.split(",") if item.strip()]
     if not candidates.is_file():
@@ -45,9 +45,9 @@ def rank(bundle_dir, server, auth_token_file, store_path, query, items, candidat
          output):
     """Rank candidate items for a query with the mixed-input ranker (MixLM's log-odds, best first)."""
     if bool(bundle_dir) == bool(server):
-        fail("give exactly one of --bundle and --server", 2)
+        fail("give exactly one of --bundle and --server", EXIT_USAGE)
     if auth_token_file and not server:
-        fail("--auth-token-file goes with --server", 2)
+        fail("--auth-token-file goes with --server", EXIT_USAGE)
     ids = _candidate_ids(items, candidates)
     if server:
         from mixlm.ranker.http_client import RankerHTTPClient
@@ -93,7 +93,7 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     client = RankerClient.open(bundle_dir, store_path)
     if retriever == "bm25":
         if corpus is None:
-            fail("--retriever bm25 needs --corpus", 2)
+            fail("--retriever bm25 needs --corpus", EXIT_USAGE)
         from mixlm.training.beir import read_corpus
 
         docs = list(read_corpus(corpus))

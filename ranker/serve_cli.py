@@ -20,7 +20,7 @@ import click
 
 from mixlm.config import default_store_path
 from mixlm.errors import user_errors
-from mixlm.schemas.errors import InputError, UnavailableError
+from mixlm.schemas.errors import InputError, PathNotFoundError, UnavailableError
 
 log = logging.getLogger("mixlm.serve")
 
@@ -77,7 +77,7 @@ def serve(bundle_dir, store_path, host, port, max_queue, max_candidates, batch_s
 def read_token_file(path: Path) -> str:
     """The bearer token in ``path`` (surrounding whitespace dropped); a missing or empty file is refused."""
     if not path.is_file():
-        raise FileNotFoundError(f"auth token file {path} does not exist")  # exit 2
+        raise PathNotFoundError(f"auth token file {path} does not exist")  # exit 2
     token = path.read_text(encoding="utf-8", errors="replace").strip()
     if not token:
         raise InputError(f"auth token file {path} is empty")

@@ -14,8 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from mixlm.ranker.api import RerankInput
-from mixlm.schemas.errors import CorruptRecordError, InputError, UnavailableError
-from mixlm.store.errors import StoreError
+from mixlm.schemas.errors import MixlmError
 
 log = logging.getLogger("mixlm.serve")
 
@@ -143,4 +142,4 @@ def bundle_client_factory(bundle_dir: str | Path, store_path: str | Path, *, max
 
 def _is_user_error(exc: BaseException) -> bool:
     """A bad bundle, store or setting (one line says it all), not a bug (whose traceback is logged)."""
-    return isinstance(exc, (InputError, StoreError, UnavailableError, CorruptRecordError, FileNotFoundError))
+    return isinstance(exc, MixlmError)

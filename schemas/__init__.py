@@ -5,7 +5,14 @@ import pyarrow. Nothing here imports torch.
 """
 
 from mixlm.schemas.embedding_record import DTYPES, EmbeddingRecord, check_encoder_id
-from mixlm.schemas.errors import CorruptRecordError, InputError, UnavailableError, ValidationError
+from mixlm.schemas.errors import (
+    CorruptRecordError,
+    InputError,
+    MixlmError,
+    PathNotFoundError,
+    UnavailableError,
+    ValidationError,
+)
 from mixlm.schemas.item_event import DEFAULT_MAX_TEXT_BYTES, ItemEvent, parse_item_event
 from mixlm.schemas.job_manifest import (
     JOB_KINDS,
@@ -26,6 +33,8 @@ __all__ = [
     "ItemEvent",
     "JobCounts",
     "JobManifest",
+    "MixlmError",
+    "PathNotFoundError",
     "UnavailableError",
     "ValidationError",
     "check_encoder_id",

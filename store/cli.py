@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from mixlm.config import default_store_path
-from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
+from mixlm.errors import EXIT_NOT_FOUND, CommandGroup, fail, user_errors
 from mixlm.output import columns_table, key_value_table, output_option, render
 from mixlm.schemas import DTYPES
 from mixlm.store.online import EmbeddingStore
@@ -26,7 +26,7 @@ def _open(ctx: click.Context, *, write: bool = False, create: bool = False) -> E
     return EmbeddingStore.open(ctx.obj["store"], create=create, readonly=not (write or create))
 
 
-@click.group(name="mixlm-store", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="mixlm-store", cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
               default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store",
               help="store directory")

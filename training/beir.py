@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def read_qrels(dataset_dir: str | Path, split: str) -> dict[str, dict[str, int]]
     path = Path(dataset_dir) / "qrels" / f"{split}.tsv"
     if not path.is_file():
         available = sorted(p.stem for p in (Path(dataset_dir) / "qrels").glob("*.tsv"))
-        raise FileNotFoundError(f"{dataset_dir} has no {split} judgments (qrels/{split}.tsv); "
+        raise PathNotFoundError(f"{dataset_dir} has no {split} judgments (qrels/{split}.tsv); "
                                 f"splits there: {', '.join(available) or 'none'}")
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8") as lines:
@@ -74,7 +74,7 @@ class BeirDataset:
     def load(cls, dataset_dir: str | Path, split: str) -> BeirDataset:
         dataset_dir = Path(dataset_dir)
         if not dataset_dir.is_dir():
-            raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")
+            raise PathNotFoundError(f"dataset folder {dataset_dir} does not exist")
         qrels = read_qrels(dataset_dir, split)
         queries = read_queries(dataset_dir)
         judged = {q: docs for q, docs in qrels.items() if q in queries and docs}

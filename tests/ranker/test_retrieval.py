@@ -8,6 +8,7 @@ from mixlm.cli import main
 from mixlm.encoders import ItemEncoder
 from mixlm.ranker.retrieval import BM25Index, VectorIndex, build_vector_index
 from mixlm.schemas import ItemEvent
+from mixlm.schemas.errors import EXIT_USAGE
 from mixlm.store import EmbeddingStore, StoreError
 from mixlm.store.cli import main as store_main
 from mixlm.training.beir import read_corpus
@@ -78,4 +79,4 @@ def test_search_cli_errors(tiny_bundle, searchable):
     path, _, _ = searchable
     result = CliRunner().invoke(main, ["search", "q", "--bundle", str(tiny_bundle), "--store", str(path),
                                        "--retriever", "bm25"])
-    assert result.exit_code == 2 and "--corpus" in result.stderr
+    assert result.exit_code == EXIT_USAGE and "--corpus" in result.stderr
