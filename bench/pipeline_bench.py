@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mixlm.schemas import ItemEvent
-from mixlm.training.beir import read_corpus
+from mixlm.schemas.beir import read_corpus
 
 
 def corpus_events(corpus: Path, limit: int) -> list[ItemEvent]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixlm.training.beir import read_corpus
+from mixlm.schemas.beir import read_corpus
 
 QUERIES = ["senior data engineer with spark and kafka", "machine learning scientist for recommendation systems",
            "entry level data analyst sql dashboards", "nlp researcher large language models",
@@ -33,7 +33,7 @@ MAIN_METHOD = "mixlm_amortized"
 
 
 def _texts(corpus: Path, n: int) -> list[str]:
-    return [f"{d.title}\n{d.text}" for d in read_corpus(corpus, n)]
+    return [d.full_text() for d in read_corpus(corpus, n)]
 
 
 def cpu_model() -> str:

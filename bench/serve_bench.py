@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from mixlm.bench.pipeline_bench import corpus_events, write_catalog
+from mixlm.schemas.beir import read_corpus
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import read_corpus
 
 MIXLM = (sys.executable, "-c", "from mixlm.cli import main; main(prog_name='mixlm')")  # the mixlm command
 QUERY_POOL = 200  # corpus items after the candidates whose titles become queries

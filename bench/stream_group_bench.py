@@ -40,7 +40,7 @@ def _events(corpus: Path | None, prefix: str, start: int, count: int) -> list[It
     """``count`` new items: the corpus's documents under fresh ids (synthetic text without a corpus)."""
     texts: list[tuple[str, str]] = []
     if corpus is not None:
-        from mixlm.training.beir import read_corpus
+        from mixlm.schemas.beir import read_corpus
 
         texts = [(doc.title, doc.text) for doc in read_corpus(corpus, start + count)][start:]
     while len(texts) < count:

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from mixlm.schemas.errors import InputError, PathNotFoundError
+from mixlm.schemas.item_event import DEFAULT_ITEM_TEMPLATE, render_item
 
 BUNDLE_FORMAT = 1
 CONFIG_NAME = "mixlm.json"
 POOLINGS = ("last", "last_k", "mean")
 PROJECTIONS = ("identity", "linear", "mlp")
 MODEL_KINDS = ("decoder", "encoder-only")
-DEFAULT_ITEM_TEMPLATE = "{title}\n{text}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class EncodingConfig:
             raise InputError(f"item_template must contain {{title}} and {{text}}, got {self.item_template!r}")
 
     def format_item(self, title: str, text: str) -> str:
-        return self.item_template.format(title=title, text=text)
+        return render_item(title, text, self.item_template)
 
 
 @dataclass(frozen=True)

@@ -88,16 +88,17 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     first-stage scores (plain log-odds for a bundle without fusion weights).
     """
     from mixlm.ranker.client import RankerClient
-    from mixlm.ranker.retrieval import BM25Index, VectorIndex
+    from mixlm.ranker.retrieval import BM25Index
+    from mixlm.store.index import VectorIndex
 
     client = RankerClient.open(bundle_dir, store_path)
     if retriever == "bm25":
         if corpus is None:
             fail("--retriever bm25 needs --corpus", EXIT_USAGE)
-        from mixlm.training.beir import read_corpus
+        from mixlm.schemas.beir import read_corpus
 
         docs = list(read_corpus(corpus))
-        hits = BM25Index([d.doc_id for d in docs], [f"{d.title} {d.text}" for d in docs]).search(query, k)
+        hits = BM25Index([d.doc_id for d in docs], [d.full_text() for d in docs]).search(query, k)
     else:
         from mixlm.encoders import ItemEncoder
 

@@ -1,9 +1,12 @@
-"""Data contracts: ItemEvent, EmbeddingRecord, JobManifest and the LMDB value format.
+"""Data contracts: ItemEvent, EmbeddingRecord, JobManifest, DeadLetter, the LMDB value format,
+BEIR collections (``mixlm.schemas.beir``) and the error model (``mixlm.schemas.errors``).
 
-Arrow schemas live in ``mixlm.schemas.arrow`` so that importing the contracts does not
-import pyarrow. Nothing here imports torch.
+The bottom layer: nothing here imports another mixlm package. Arrow schemas live in
+``mixlm.schemas.arrow`` so that importing the contracts does not import pyarrow. Nothing here
+imports torch.
 """
 
+from mixlm.schemas.dead_letter import DeadLetter
 from mixlm.schemas.embedding_record import DTYPES, EmbeddingRecord, check_encoder_id
 from mixlm.schemas.errors import (
     CorruptRecordError,
@@ -28,6 +31,7 @@ __all__ = [
     "JOB_KINDS",
     "JOB_STATUSES",
     "CorruptRecordError",
+    "DeadLetter",
     "EmbeddingRecord",
     "InputError",
     "ItemEvent",

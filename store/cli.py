@@ -12,6 +12,7 @@ from mixlm.config import default_store_path
 from mixlm.errors import EXIT_NOT_FOUND, CommandGroup, fail, user_errors
 from mixlm.output import columns_table, key_value_table, output_option, render
 from mixlm.schemas import DTYPES
+from mixlm.store.index import build_vector_index
 from mixlm.store.online import EmbeddingStore
 from mixlm.store.transfer import export_snapshot, load_verified, verify_snapshot
 from mixlm.version import __version__
@@ -185,8 +186,6 @@ def index() -> None:
 @user_errors
 def index_build(ctx: click.Context, encoder_id: str | None, output: str) -> None:
     """Build (or rebuild) the FAISS index of one encoder's live records."""
-    from mixlm.ranker.retrieval import build_vector_index
-
     store = _open(ctx.find_root(), write=True)  # the index is written into the store
     summary = build_vector_index(store, store.resolve_encoder(encoder_id))
     click.echo(render(summary, output, key_value_table(summary)))

@@ -14,8 +14,8 @@ import torch
 
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.lora import LoraConfig
+from mixlm.schemas.beir import read_corpus
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import read_corpus
 from mixlm.training.export import write_bundle
 from mixlm.training.run import LoopConfig, RunDir, seed_everything, train_loop
 from mixlm.training.stages import named, trainable

@@ -39,8 +39,8 @@ from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
 from mixlm.encoders.lora import LoraConfig, add_lora
 from mixlm.encoders.projection import init_interaction, init_projection
 from mixlm.ranker.model import MixedInputRanker
+from mixlm.schemas.beir import BeirDataset
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, merged_candidates
 from mixlm.training.export import write_bundle
 from mixlm.training.fusion_fit import fit_fusion

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixlm.schemas.beir import Document, read_corpus
 from mixlm.schemas.errors import InputError, PathNotFoundError
-from mixlm.training.beir import Document, read_corpus
 
 MIN_TITLE_WORDS = 3
 MAX_TITLE_WORDS = 20

@@ -19,8 +19,8 @@ import numpy as np
 
 from mixlm.encoders.config import FusionConfig, RankerInputs
 from mixlm.ranker.fusion import fuse
+from mixlm.schemas.beir import BeirDataset
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import bm25_candidates
 from mixlm.training.evaluation import ndcg_at_10
 

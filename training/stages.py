@@ -10,7 +10,7 @@ from torch import nn
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.lora import LoraConfig, adapter_config, adapter_parameters, add_lora
 from mixlm.ranker.model import MixedInputRanker
-from mixlm.training.beir import BeirDataset
+from mixlm.schemas.beir import BeirDataset
 from mixlm.training.candidates import GroupSampler, bm25_candidates
 from mixlm.training.evaluation import guard_training_split
 from mixlm.training.run import RunDir, seed_everything

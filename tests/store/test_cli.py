@@ -187,7 +187,7 @@ def test_load_errors(tmp_path):
 
 
 def test_dead_letters_lists_reason_source_and_raw(store_dir):
-    from mixlm.store.dead_letters import DeadLetter
+    from mixlm.schemas.dead_letter import DeadLetter
 
     store = EmbeddingStore.open(store_dir)
     job = store.jobs.create("stream", ENCODER)

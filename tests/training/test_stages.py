@@ -188,7 +188,7 @@ def test_the_beam_backfill_writes_a_trained_bundle_s_vectors(student, tmp_path):
     from click.testing import CliRunner
 
     from mixlm.cli import main
-    from mixlm.training.beir import read_corpus
+    from mixlm.schemas.beir import read_corpus
 
     from .conftest import SCIFACT
 

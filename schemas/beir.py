@@ -1,4 +1,8 @@
-"""Reading BEIR-layout collections: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+"""Reading BEIR-layout collections: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+The data contract of judged collections, shared by training, evaluation, ``mixlm search`` and the
+benchmarks. (The backfill reads a BEIR corpus too, line by line, in ``mixlm.pipelines.sources``.)
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixlm.schemas.errors import InputError, PathNotFoundError
+from mixlm.schemas.item_event import DEFAULT_ITEM_TEMPLATE, render_item
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,11 @@ class Document:
     doc_id: str
     title: str
     text: str
+
+    def full_text(self, template: str = DEFAULT_ITEM_TEMPLATE) -> str:
+        """Title and text as one text: what BM25 indexes and text rankers read (a bundle's own
+        ``item_template`` where one is given, as the encoder renders a backfilled item)."""
+        return render_item(self.title, self.text, template)
 
 
 def read_corpus(path: str | Path, limit: int | None = None) -> Iterator[Document]:
