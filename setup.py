@@ -8,7 +8,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-SUBPACKAGES = ["schemas", "encoders", "store", "pipelines", "ranker", "training", "bench"]
+SUBPACKAGES = ["schemas", "encoders", "store", "pipelines", "devbroker", "ranker", "training", "bench"]
 
 version = {}
 exec(Path("mixlm/version.py").read_text(), version)

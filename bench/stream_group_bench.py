@@ -102,8 +102,8 @@ def _one_run(n_consumers: int, bundle_dir: str, corpus: Path | None, *, rate_per
              burst: int, partitions: int, workdir: Path, extra, log: Callable[[str], None]) -> dict:
     from kafka import KafkaProducer
 
+    from mixlm.devbroker.broker import EmbeddedBroker
     from mixlm.encoders.config import BundleConfig
-    from mixlm.pipelines.kafka_broker import EmbeddedBroker
     from mixlm.pipelines.produce import ensure_topic
     from mixlm.store import EmbeddingStore
 

@@ -3,10 +3,11 @@
 import click
 
 from mixlm.bench.cli import bench
+from mixlm.devbroker.cli import kafka
 from mixlm.encoders.cli import bundle, models
 from mixlm.errors import CommandGroup
 from mixlm.pipelines.cli import backfill, stream
-from mixlm.pipelines.kafka_cli import kafka, produce
+from mixlm.pipelines.produce import produce
 from mixlm.ranker.cli import rank, search
 from mixlm.ranker.serve_cli import serve
 from mixlm.training.cli import evaluate, train

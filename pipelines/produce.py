@@ -4,7 +4,7 @@ Every line is validated with ``parse_item_event``; an invalid line is skipped wi
 naming its line number, unless ``raw`` is set, in which case every non-blank line is sent as
 it is (how the demo and tests inject malformed events for the dead-letter path). Records go
 one per producer batch (``batch_size=1``, ``linger_ms=0``) by default, because Tansu reports
-end offsets as the last batch's base offset + 1 (see ``kafka_broker``); pass a larger
+end offsets as the last batch's base offset + 1 (docs/devbroker.md); pass a larger
 ``batch_size`` for throughput against a real Kafka (5,000 records: ~2.3 s one per batch,
 ~0.4 s batched, on the embedded broker).
 """

@@ -5,10 +5,10 @@ import pytest
 from click.testing import CliRunner
 
 from mixlm.cli import main
+from mixlm.devbroker.broker import BrokerError
 from mixlm.encoders.base_reference import BaseMismatchError
 from mixlm.encoders.pretrained import FetchError
 from mixlm.errors import CommandGroup, user_errors
-from mixlm.pipelines.kafka_broker import BrokerError
 from mixlm.pipelines.produce import ProduceError
 from mixlm.ranker.client import EncoderMismatchError
 from mixlm.ranker.http_client import RequestRejected, ServerBusyError, ServerError

@@ -1,7 +1,4 @@
-"""``mixlm kafka up|down|status``: the embedded broker (Tansu) as a background daemon.
-
-``produce`` (``mixlm produce``) lives in ``mixlm.pipelines.produce`` and is re-exported here.
-"""
+"""``mixlm kafka up|down|status``: the embedded broker (Tansu) as a background daemon."""
 
 from __future__ import annotations
 
@@ -11,9 +8,6 @@ import click
 
 from mixlm.errors import user_errors
 from mixlm.output import key_value_table, output_option, render
-from mixlm.pipelines.produce import produce
-
-__all__ = ["kafka", "produce"]
 
 _state_option = click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None, envvar="MIXLM_KAFKA_STATE_DIR",
@@ -40,7 +34,7 @@ def up(port: int | None, timeout_s: float, state_dir: Path | None) -> None:
 
     Idempotent: when one already runs for this state directory, prints its address.
     """
-    from mixlm.pipelines.kafka_broker import start_daemon
+    from mixlm.devbroker.broker import start_daemon
 
     state, started = start_daemon(port, state_dir, ready_timeout=timeout_s)
     if not started:
@@ -56,7 +50,7 @@ def up(port: int | None, timeout_s: float, state_dir: Path | None) -> None:
 @user_errors
 def down(state_dir: Path | None) -> None:
     """Stop the background broker (SIGTERM, then SIGKILL). Its topics are gone: storage is in memory."""
-    from mixlm.pipelines.kafka_broker import stop_daemon
+    from mixlm.devbroker.broker import stop_daemon
 
     state = stop_daemon(state_dir)
     click.echo(f"stopped (pid {state.pid}, {state.bootstrap_servers})" if state else "not running")
@@ -68,7 +62,7 @@ def down(state_dir: Path | None) -> None:
 @user_errors
 def status(state_dir: Path | None, output: str) -> None:
     """Whether the background broker runs, and where. Exit code 0 either way."""
-    from mixlm.pipelines import kafka_broker as kb
+    from mixlm.devbroker import broker as kb
 
     state = kb.daemon_status(state_dir)
     data = {
