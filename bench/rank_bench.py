@@ -64,7 +64,7 @@ def flops_per_candidate(ranker, prefix_tokens: float, positions: int) -> dict:
     """Forward FLOPs of one candidate's positions (2 x the decoder's matrix parameters each, plus
     attention over the prefix and the earlier positions), and of the query prefill per request."""
     config = ranker.model.config
-    matrices = sum(p.numel() for p in ranker.model.model.layers.parameters() if p.dim() == 2)
+    matrices = sum(p.numel() for p in ranker.decoder.layers.parameters() if p.dim() == 2)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention_per_key = 4 * config.num_attention_heads * head_dim * config.num_hidden_layers  # QK^T and PV
     candidate = positions * 2 * matrices + attention_per_key * positions * (prefix_tokens + (positions + 1) / 2)
@@ -220,7 +220,7 @@ def breakdown(ranker, run: Callable, n: int, q: int, prefix_width: int, position
     from mixlm.encoders.batching import token_budget_batches
     from mixlm.ranker import shared_prefix
 
-    config, layers = ranker.model.config, ranker.model.model.layers
+    config, layers = ranker.model.config, ranker.decoder.layers
     owners = [i // n for i in range(n * q)]
     batches = list(token_budget_batches([positions] * (n * q), ranker.token_budget))
     linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]
