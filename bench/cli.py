@@ -84,6 +84,17 @@ def dask_backfill_command(bundle_dir: str, corpus: Path, items: int, workers: st
     click.echo(f"wrote {out}")
 
 
+def _with_plot(plot, report: dict, out: Path) -> str:
+    """Draw ``report`` beside its JSON as a PNG where matplotlib is installed (the ``bench`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        click.echo("no plot: matplotlib is not installed (pip install 'mixlm[bench]')", err=True)
+        return f"wrote {out}"
+    plot(report, out.with_suffix(".png"))
+    return f"wrote {out} and {out.with_suffix('.png')}"
+
+
 def _report_one(name: str, result: dict, bundle_dir: str, corpus: Path, out: Path) -> None:
     """Write a single-result benchmark's JSON (with the machine) and print it as a table."""
     from mixlm.bench.store_bench import machine, write_report
@@ -232,7 +243,7 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
                             log=lambda line: click.echo(line, err=True))
     report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
     write_report(report, out)
-    plot(report, out.with_suffix(".png"))
+    written = _with_plot(plot, report, out)
     click.echo(columns_table(report["results"], ("label", "dtype", "backend", "positions_per_candidate", "candidates",
                                                   "queries_per_forward", "p50_ms", "p99_ms", "items_per_s")))
     click.echo(f"best items/s within p99 {p99_budget_ms:g} ms: {report['best_items_per_s_under_budget']}")
@@ -244,7 +255,7 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
     for point in report["speedups"]:
         click.echo(f"N={point['candidates']} q={point['queries_per_forward']}: {MAIN_LABEL} {point['items_per_s']} "
                    "items/s, " + ", ".join(f"{v}x {k}" for k, v in point["over"].items()))
-    click.echo(f"wrote {out} and {out.with_suffix('.png')}")
+    click.echo(written)
 
 
 @bench.command("serve")
@@ -276,7 +287,7 @@ def serve_command(bundle_dir, corpus, sizes, concurrency, requests, max_seconds,
                              log=lambda line: click.echo(line, err=True))
     report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
     write_report(report, out)
-    plot(report, out.with_suffix(".png"))
+    written = _with_plot(plot, report, out)
     click.echo(columns_table(report["results"], ("side", "candidates", "concurrency", "requests", "errors", "p50_ms",
                                                   "p99_ms", "items_per_s", "mean_batch")))
     click.echo(columns_table(report["comparisons"], list(report["comparisons"][0])))
@@ -285,4 +296,4 @@ def serve_command(bundle_dir, corpus, sizes, concurrency, requests, max_seconds,
                f"{'met' if goals['overhead_met'] else 'NOT met'}")
     click.echo(f"goal: service items/s at the highest concurrency beats the lowest: "
                f"{'met' if goals['throughput_grows_met'] else 'NOT met'}")
-    click.echo(f"wrote {out} and {out.with_suffix('.png')}")
+    click.echo(written)

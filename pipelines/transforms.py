@@ -173,7 +173,7 @@ class WriteOutcomes(beam.DoFn):
 
     def setup(self):
         self.store = EmbeddingStore.open(self.store_path)
-        self.writer = SnapshotWriter(Path(self.store_path) / "snapshots", self.encoder_id, self.job_id,
+        self.writer = SnapshotWriter(self.store.snapshots_dir, self.encoder_id, self.job_id,
                                      dtype=self.snapshot_dtype, rows_per_file=self.snapshot_rows)
         self.last_snapshot = time.monotonic()
         self.buffer: list[Outcome] = []
