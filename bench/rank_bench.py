@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixlm.ranker.defaults import DEFAULT_TRUNCATE_TOKENS
 from mixlm.schemas.beir import read_corpus
 
 QUERIES = ["senior data engineer with spark and kafka", "machine learning scientist for recommendation systems",
@@ -76,7 +77,7 @@ def flops_per_candidate(ranker, prefix_tokens: float, positions: int) -> dict:
 
 def run_rank_bench(bundle_dir: str, corpus: Path, *, sizes=(50, 250), queries_per_forward=(1, 4), requests: int = 3,
                    dtypes=("bfloat16", "float32"), copy_backend: bool = True, legacy: bool = True,
-                   truncate_tokens: int = 64, full_text_max_n: int = 50, baseline_max_q: int = 4,
+                   truncate_tokens: int = DEFAULT_TRUNCATE_TOKENS, full_text_max_n: int = 50, baseline_max_q: int = 4,
                    p99_budget_ms: float = 5_000.0, with_breakdown: bool = True,
                    log: Callable[[str], None] = print) -> dict:
     """Each point: ``q`` requests (N candidates each) served together, timed ``requests`` times,

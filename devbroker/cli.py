@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mixlm.errors import user_errors
-from mixlm.output import key_value_table, output_option, render
+from mixlm.output import echo_err, key_value_table, output_option, render
 
 _state_option = click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None, envvar="MIXLM_KAFKA_STATE_DIR",
@@ -41,7 +41,7 @@ def up(port: int | None, timeout_s: float, state_dir: Path | None) -> None:
         note = f"already running (pid {state.pid})"
         if port is not None and port != state.port:
             note += f"; --port {port} ignored, run `mixlm kafka down` first to change it"
-        click.echo(note, err=True)
+        echo_err(note)
     click.echo(state.bootstrap_servers)
 
 

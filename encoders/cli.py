@@ -12,11 +12,7 @@ import click
 
 from mixlm.encoders.config import MODEL_KINDS, POOLINGS, PROJECTIONS
 from mixlm.errors import EXIT_NOT_FOUND, EXIT_USAGE, fail, user_errors
-from mixlm.output import columns_table, key_value_table, output_option, render
-
-
-def _progress(line: str) -> None:
-    click.echo(line, err=True)
+from mixlm.output import columns_table, echo_err, key_value_table, output_option, render
 
 
 def _quiet_transformers() -> None:
@@ -42,7 +38,7 @@ def fetch(name: str, force: bool) -> None:
     if name not in PRETRAINED:
         fail(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}", EXIT_NOT_FOUND)
     _quiet_transformers()
-    click.echo(str(fetch_pretrained(name, force=force, log=_progress)))
+    click.echo(str(fetch_pretrained(name, force=force, log=echo_err)))
 
 
 @models.command("ls")
@@ -109,13 +105,13 @@ def init(out_dir: Path, tiny: bool, encoder: str | None, ranker: str | None, enc
         fail("give either --tiny, or both --encoder and --ranker", EXIT_USAGE)
     _quiet_transformers()
     if tiny:
-        _progress(f"building a tiny bundle in {out_dir}")
+        echo_err(f"building a tiny bundle in {out_dir}")
         built = init_tiny_bundle(out_dir, encoder_kind=encoder_kind, n_tokens=n_tokens, pooling=pooling,
                                  max_length=max_length or 128, projection=projection, seed=seed)
     else:
         built = init_bundle(out_dir, _model_source(encoder), _model_source(ranker), n_tokens=n_tokens,
                             pooling=pooling, max_length=max_length or 512, projection=projection, seed=seed,
-                            log=_progress)
+                            log=echo_err)
     _show(built, output)
 
 

@@ -115,6 +115,26 @@ def _build(cls, data: Any, where: str):
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters of a training stage (``mixlm.encoders.lora`` adds, saves and merges them)."""
+
+
+    rank: int = 8
+    alpha: float = 16.0
+    top_layers: int | None = None  # adapt only the last N blocks; None: every block
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise InputError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise InputError(f"top_layers must be >= 1, got {self.top_layers}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
 class RankerInputs:
     """What the ranker reads besides the prompt's text and each item's embedding tokens.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
-from mixlm.output import output_option, render
+from mixlm.output import echo_err, output_option, render
 from mixlm.pipelines.kafka_options import KafkaOptions, kafka_client_options
 from mixlm.schemas import ValidationError, parse_item_event
 from mixlm.schemas.errors import InputError, MixlmError
@@ -227,7 +227,7 @@ def produce(bootstrap_servers: str, topic: str, input_path: str, create_topic: b
         fail(f"input {input_path} does not exist", EXIT_NOT_FOUND)
     options = KafkaOptions.parse(kafka_option, kafka_config)
     if create_topic and ensure_topic(bootstrap_servers, topic, partitions, timeout_s=timeout_s, options=options):
-        click.echo(f"created topic {topic} ({partitions} partitions)", err=True)
+        echo_err(f"created topic {topic} ({partitions} partitions)")
     summary = produce_file(bootstrap_servers, topic, input_path, raw=raw, batch_size=batch_size,
-                           timeout_s=timeout_s, options=options, warn=lambda line: click.echo(line, err=True))
+                           timeout_s=timeout_s, options=options, warn=echo_err)
     click.echo(render(summary.to_dict(), output, summary.line()))
