@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mixlm.encoders.cli import _quiet_transformers
+from mixlm.encoders.config import LoraConfig, RankerInputs
 from mixlm.errors import user_errors
 from mixlm.options import bundle_option
 from mixlm.output import columns_table, echo_err, key_value_table, output_option, render
@@ -24,6 +25,7 @@ from mixlm.training.config import (
     DomainConfig,
     JointConfig,
     LoopConfig,
+    TeacherConfig,
 )
 
 # The schedule of every stage from the command line; its learning rate and checkpoints differ
@@ -65,8 +67,6 @@ def data_options(func):
 
 def _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps, lr,
                    checkpoint_every, seed):
-    from mixlm.training.config import DataConfig
-
     data = DataConfig(dataset=str(Path(dataset).resolve()), split=split, bm25_depth=bm25_depth,
                       group_size=group_size, queries_per_step=queries_per_step, max_queries=max_queries,
                       holdout_every=holdout_every or None)
@@ -75,8 +75,6 @@ def _data_and_loop(dataset, split, bm25_depth, group_size, queries_per_step, max
 
 def _loop(steps, lr, checkpoint_every, seed):
     """The schedule from the command line: a tenth of the steps (at most 10) of warmup, about 20 log lines."""
-    from mixlm.training.config import LoopConfig
-
     return LoopConfig(steps=steps, lr=lr, warmup_steps=min(10, max(1, steps // 10)),
                       checkpoint_every=checkpoint_every, log_every=max(1, min(5, steps // 20)), seed=seed)
 
@@ -98,8 +96,6 @@ def train() -> None:
 def teacher(bundle_dir, dataset, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
             lr, checkpoint_every, seed, run_dir, max_item_tokens, lora_rank, lora_layers) -> None:
     """Stage 2: fine-tune the ranker on (query, full item text) with KL(p* || p); prints the teacher bundle."""
-    from mixlm.encoders.config import LoraConfig
-    from mixlm.training.config import TeacherConfig
     from mixlm.training.teacher import train_teacher
 
     _quiet_transformers()
@@ -129,8 +125,6 @@ def teacher(bundle_dir, dataset, split, bm25_depth, group_size, queries_per_step
 def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank, lora_layers, checkpoint_every, seed,
            run_dir) -> None:
     """Stage 1 (optional): adapt the ranker LM to the corpus text; the teacher stage continues its adapter."""
-    from mixlm.encoders.config import LoraConfig
-    from mixlm.training.config import DomainConfig
     from mixlm.training.domain import train_domain
 
     _quiet_transformers()
@@ -183,8 +177,6 @@ def joint(teacher_dir, dataset, split, bm25_depth, group_size, queries_per_step,
     """
     import dataclasses
 
-    from mixlm.encoders.config import LoraConfig, RankerInputs
-    from mixlm.training.config import JointConfig
     from mixlm.training.joint import train_joint
 
     _quiet_transformers()
