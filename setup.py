@@ -8,7 +8,10 @@ from pathlib import Path
 
 from setuptools import setup
 
-SUBPACKAGES = ["schemas", "encoders", "store", "pipelines", "ranker", "training", "bench"]
+DASK = ["dask>=2024.4.2", "distributed>=2024.4.2"]  # mixlm backfill --runner dask: Beam's Dask runner
+PLOTS = ["matplotlib>=3.7"]  # the PNG plots of mixlm bench rank and mixlm bench serve
+
+SUBPACKAGES = ["schemas", "encoders", "store", "pipelines", "devbroker", "ranker", "training", "bench"]
 
 version = {}
 exec(Path("mixlm/version.py").read_text(), version)
@@ -47,11 +50,10 @@ setup(
         "prometheus-client>=0.20",  # mixlm serve: /metrics
     ],
     extras_require={
-        # mixlm backfill --runner dask (Beam's Dask runner, a dask.distributed cluster)
-        "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
-        # the tests run the Dask backfill on a local cluster
-        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7", "dask>=2024.4.2", "distributed>=2024.4.2"],
-        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.7", "dask>=2024.4.2", "distributed>=2024.4.2"],
+        "dask": DASK,
+        "bench": PLOTS,
+        # the tests (and `make lint`) run the Dask backfill on a local cluster and check the plots
+        "test": ["pytest>=8", "ruff>=0.6", *PLOTS, *DASK],
     },
     entry_points={
         "console_scripts": [

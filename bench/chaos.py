@@ -142,7 +142,7 @@ def run_chaos(bundle_dir: str, *, n_events: int = 3000, n_items: int = 300, n_po
     soon as the child has registered its job (during start-up); the others land up to
     ``max_kill_delay_s`` after it has started reading.
     """
-    from mixlm.pipelines.kafka_broker import EmbeddedBroker
+    from mixlm.devbroker.broker import EmbeddedBroker
     from mixlm.store import EmbeddingStore
 
     rng = random.Random(seed)

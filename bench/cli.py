@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from mixlm.output import columns_table
+from mixlm.options import bundle_option
+from mixlm.output import columns_table, echo_err
+from mixlm.ranker.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS, DEFAULT_TRUNCATE_TOKENS
 
 RESULTS_DIR = Path("bench/results")
 MAIN_LABEL = "mixlm_amortized"
@@ -30,7 +32,7 @@ def store_command(items: int, dim: int, lookup_size: int, lookups: int, out: Pat
     from mixlm.bench.store_bench import run_store_bench, write_report
 
     report = run_store_bench(n_items=items, dim=dim, lookup_size=lookup_size, lookups=lookups,
-                             log=lambda line: click.echo(line, err=True))
+                             log=echo_err)
     write_report(report, out)
     click.echo(columns_table(report["results"], ("dtype", "items", "dim", "write_records_per_s",
                                                   "lookup_size", "lookup_p50_ms", "lookup_p99_ms")))
@@ -44,7 +46,7 @@ def _default_corpus() -> Path:
 
 
 @bench.command("backfill")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@bundle_option()
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="BEIR corpus.jsonl[.gz] (default: job postings from ../shared, else SciFact)")
 @click.option("--items", type=click.IntRange(min=10), default=2_000, show_default=True)
@@ -55,12 +57,12 @@ def backfill_command(bundle_dir: str, corpus: Path | None, items: int, out: Path
     from mixlm.bench.pipeline_bench import run_backfill_bench
 
     corpus = corpus or _default_corpus()
-    result = run_backfill_bench(bundle_dir, corpus, n_items=items, log=lambda line: click.echo(line, err=True))
+    result = run_backfill_bench(bundle_dir, corpus, n_items=items, log=echo_err)
     _report_one("backfill", result, bundle_dir, corpus, out)
 
 
 @bench.command("dask-backfill")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@bundle_option()
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=Path("data/scifact/corpus.jsonl.gz"), show_default=True, help="BEIR corpus.jsonl[.gz]")
 @click.option("--items", type=click.IntRange(min=100), default=5_000, show_default=True)
@@ -73,7 +75,7 @@ def dask_backfill_command(bundle_dir: str, corpus: Path, items: int, workers: st
     from mixlm.bench.store_bench import machine, write_report
 
     report = run_dask_backfill_bench(bundle_dir, corpus, n_items=items, workers=[int(w) for w in workers.split(",")],
-                                     log=lambda line: click.echo(line, err=True))
+                                     log=echo_err)
     report.update({"benchmark": "dask-backfill", "machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
     write_report(report, out)
     click.echo(columns_table(report["results"], list(report["results"][0])))
@@ -82,6 +84,17 @@ def dask_backfill_command(bundle_dir: str, corpus: Path, items: int, workers: st
     click.echo("items/s over the best local runner: "
                + ", ".join(f"{k} {v}x" for k, v in report["over_best_local"].items()))
     click.echo(f"wrote {out}")
+
+
+def _with_plot(plot, report: dict, out: Path) -> str:
+    """Draw ``report`` beside its JSON as a PNG where matplotlib is installed (the ``bench`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        echo_err("no plot: matplotlib is not installed (pip install 'mixlm[bench]')")
+        return f"wrote {out}"
+    plot(report, out.with_suffix(".png"))
+    return f"wrote {out} and {out.with_suffix('.png')}"
 
 
 def _report_one(name: str, result: dict, bundle_dir: str, corpus: Path, out: Path) -> None:
@@ -95,7 +108,7 @@ def _report_one(name: str, result: dict, bundle_dir: str, corpus: Path, out: Pat
 
 
 @bench.command("freshness")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@bundle_option()
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--rate", type=click.FloatRange(min=0.1), default=20.0, show_default=True, help="events per second")
 @click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True)
@@ -107,13 +120,13 @@ def freshness_command(bundle_dir: str, corpus: Path | None, rate: float, seconds
 
     corpus = corpus or _default_corpus()
     result = run_freshness_bench(bundle_dir, corpus, rate_per_s=rate, seconds=seconds,
-                                 log=lambda line: click.echo(line, err=True))
+                                 log=echo_err)
     _report_one("freshness", result, bundle_dir, corpus, out)
 
 
 @bench.command("chaos")
-@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="model bundle (default: a fresh tiny random one: this checks bookkeeping, not relevance)")
+@bundle_option(required=False,
+               help="model bundle (default: a fresh tiny random one: this checks bookkeeping, not relevance)")
 @click.option("--events", type=click.IntRange(min=10), default=3_000, show_default=True)
 @click.option("--items", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--poison", type=click.IntRange(min=0), default=30, show_default=True, help="poison pills among them")
@@ -139,7 +152,7 @@ def chaos_command(bundle_dir, events, items, poison, kills, seed, workdir, out) 
             bundle_dir = str(Path(scratch) / "tiny")
             init_tiny_bundle(bundle_dir, seed=seed)
         result = run_chaos(bundle_dir, n_events=events, n_items=items, n_poison=poison, kills=kills, seed=seed,
-                           workdir=workdir, log=lambda line: click.echo(line, err=True))
+                           workdir=workdir, log=echo_err)
     write_report({"benchmark": "chaos", "machine": machine(), "results": [result]}, out)
     click.echo(columns_table([result], ("events", "items_checked", "mismatches", "kills", "killed_mid_stream",
                                         "events_replayed", "dead_lettered")))
@@ -151,8 +164,7 @@ def chaos_command(bundle_dir, events, items, poison, kills, seed, workdir, out) 
 
 
 @bench.command("stream-group")
-@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="model bundle (default: a fresh tiny random one)")
+@bundle_option(required=False, help="model bundle (default: a fresh tiny random one)")
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="BEIR corpus for the items' text (default: synthetic text)")
 @click.option("--consumers", default="1,2", show_default=True, help="consumer counts, one run each")
@@ -178,7 +190,7 @@ def stream_group_command(bundle_dir, corpus, consumers, rate, seconds, burst, pa
             init_tiny_bundle(bundle_dir, seed=0)
         report = run_stream_group_bench(bundle_dir, corpus, consumers=[int(c) for c in consumers.split(",")],
                                         rate_per_s=rate, seconds=seconds, burst=burst, partitions=partitions,
-                                        workdir=workdir, log=lambda line: click.echo(line, err=True))
+                                        workdir=workdir, log=echo_err)
     report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus) if corpus else None})
     write_report(report, out)
     click.echo(columns_table(report["results"], ("consumers", "partitions", "join_s", "live_rate_per_s",
@@ -188,7 +200,7 @@ def stream_group_command(bundle_dir, corpus, consumers, rate, seconds, burst, pa
 
 
 @bench.command("rank")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@bundle_option()
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="BEIR corpus of long items (default: job postings from ../shared, else SciFact)")
 @click.option("--sizes", default="50,250", show_default=True, help="candidates per request")
@@ -197,7 +209,7 @@ def stream_group_command(bundle_dir, corpus, consumers, rate, seconds, burst, pa
 @click.option("--requests", type=click.IntRange(min=1), default=3, show_default=True, help="timed batches per point")
 @click.option("--p99-budget-ms", type=click.FloatRange(min=1), default=5_000.0, show_default=True,
               help="best items/s is taken over points within this p99 (the paper: 500 ms on an H100)")
-@click.option("--truncate-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--truncate-tokens", type=click.IntRange(min=1), default=DEFAULT_TRUNCATE_TOKENS, show_default=True)
 @click.option("--full-text-max-n", type=click.IntRange(min=1), default=50, show_default=True,
               help="skip the full-text baseline above this N (it is slow on a CPU)")
 @click.option("--baseline-max-q", type=click.IntRange(min=1), default=4, show_default=True,
@@ -229,10 +241,10 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
                             dtypes=tuple(dtypes.split(",")), copy_backend=copy_backend, legacy=legacy,
                             truncate_tokens=truncate_tokens, full_text_max_n=full_text_max_n,
                             baseline_max_q=baseline_max_q, p99_budget_ms=p99_budget_ms, with_breakdown=breakdown,
-                            log=lambda line: click.echo(line, err=True))
+                            log=echo_err)
     report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
     write_report(report, out)
-    plot(report, out.with_suffix(".png"))
+    written = _with_plot(plot, report, out)
     click.echo(columns_table(report["results"], ("label", "dtype", "backend", "positions_per_candidate", "candidates",
                                                   "queries_per_forward", "p50_ms", "p99_ms", "items_per_s")))
     click.echo(f"best items/s within p99 {p99_budget_ms:g} ms: {report['best_items_per_s_under_budget']}")
@@ -244,11 +256,11 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
     for point in report["speedups"]:
         click.echo(f"N={point['candidates']} q={point['queries_per_forward']}: {MAIN_LABEL} {point['items_per_s']} "
                    "items/s, " + ", ".join(f"{v}x {k}" for k, v in point["over"].items()))
-    click.echo(f"wrote {out} and {out.with_suffix('.png')}")
+    click.echo(written)
 
 
 @bench.command("serve")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@bundle_option()
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="BEIR corpus: the first max(sizes) items are backfilled into a temporary store, titles of "
                    "later ones are the queries (default: job postings from ../shared, else SciFact)")
@@ -258,9 +270,9 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
               help="requests per point (each side)")
 @click.option("--max-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True,
               help="a point sends no new request after this long")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=DEFAULT_BATCH_WAIT_MS, show_default=True,
               help="the server's (and the in-process batcher's) wait for company")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="most requests per forward pass, both sides")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               default=RESULTS_DIR / "serve.json", show_default=True)
@@ -273,10 +285,10 @@ def serve_command(bundle_dir, corpus, sizes, concurrency, requests, max_seconds,
     report = run_serve_bench(bundle_dir, corpus, sizes=tuple(int(s) for s in sizes.split(",")),
                              concurrency=tuple(int(c) for c in concurrency.split(",")), requests=requests,
                              max_seconds=max_seconds, batch_wait_ms=batch_wait_ms, batch_size=batch_size,
-                             log=lambda line: click.echo(line, err=True))
+                             log=echo_err)
     report.update({"machine": machine(), "bundle": bundle_dir, "corpus": str(corpus)})
     write_report(report, out)
-    plot(report, out.with_suffix(".png"))
+    written = _with_plot(plot, report, out)
     click.echo(columns_table(report["results"], ("side", "candidates", "concurrency", "requests", "errors", "p50_ms",
                                                   "p99_ms", "items_per_s", "mean_batch")))
     click.echo(columns_table(report["comparisons"], list(report["comparisons"][0])))
@@ -285,4 +297,4 @@ def serve_command(bundle_dir, corpus, sizes, concurrency, requests, max_seconds,
                f"{'met' if goals['overhead_met'] else 'NOT met'}")
     click.echo(f"goal: service items/s at the highest concurrency beats the lowest: "
                f"{'met' if goals['throughput_grows_met'] else 'NOT met'}")
-    click.echo(f"wrote {out} and {out.with_suffix('.png')}")
+    click.echo(written)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mixlm.schemas import ItemEvent
-from mixlm.training.beir import read_corpus
+from mixlm.schemas.beir import read_corpus
 
 
 def corpus_events(corpus: Path, limit: int) -> list[ItemEvent]:
@@ -58,8 +58,8 @@ def run_freshness_bench(bundle_dir: str, corpus: Path, *, rate_per_s: float = 20
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
+    from mixlm.devbroker.broker import EmbeddedBroker
     from mixlm.encoders.config import BundleConfig
-    from mixlm.pipelines.kafka_broker import EmbeddedBroker
     from mixlm.pipelines.streaming import run_stream
     from mixlm.store import EmbeddingStore
 

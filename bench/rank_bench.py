@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixlm.training.beir import read_corpus
+from mixlm.ranker.defaults import DEFAULT_TRUNCATE_TOKENS
+from mixlm.schemas.beir import read_corpus
 
 QUERIES = ["senior data engineer with spark and kafka", "machine learning scientist for recommendation systems",
            "entry level data analyst sql dashboards", "nlp researcher large language models",
@@ -33,7 +34,7 @@ MAIN_METHOD = "mixlm_amortized"
 
 
 def _texts(corpus: Path, n: int) -> list[str]:
-    return [f"{d.title}\n{d.text}" for d in read_corpus(corpus, n)]
+    return [d.full_text() for d in read_corpus(corpus, n)]
 
 
 def cpu_model() -> str:
@@ -64,7 +65,7 @@ def flops_per_candidate(ranker, prefix_tokens: float, positions: int) -> dict:
     """Forward FLOPs of one candidate's positions (2 x the decoder's matrix parameters each, plus
     attention over the prefix and the earlier positions), and of the query prefill per request."""
     config = ranker.model.config
-    matrices = sum(p.numel() for p in ranker.model.model.layers.parameters() if p.dim() == 2)
+    matrices = sum(p.numel() for p in ranker.decoder.layers.parameters() if p.dim() == 2)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention_per_key = 4 * config.num_attention_heads * head_dim * config.num_hidden_layers  # QK^T and PV
     candidate = positions * 2 * matrices + attention_per_key * positions * (prefix_tokens + (positions + 1) / 2)
@@ -76,7 +77,7 @@ def flops_per_candidate(ranker, prefix_tokens: float, positions: int) -> dict:
 
 def run_rank_bench(bundle_dir: str, corpus: Path, *, sizes=(50, 250), queries_per_forward=(1, 4), requests: int = 3,
                    dtypes=("bfloat16", "float32"), copy_backend: bool = True, legacy: bool = True,
-                   truncate_tokens: int = 64, full_text_max_n: int = 50, baseline_max_q: int = 4,
+                   truncate_tokens: int = DEFAULT_TRUNCATE_TOKENS, full_text_max_n: int = 50, baseline_max_q: int = 4,
                    p99_budget_ms: float = 5_000.0, with_breakdown: bool = True,
                    log: Callable[[str], None] = print) -> dict:
     """Each point: ``q`` requests (N candidates each) served together, timed ``requests`` times,
@@ -220,7 +221,7 @@ def breakdown(ranker, run: Callable, n: int, q: int, prefix_width: int, position
     from mixlm.encoders.batching import token_budget_batches
     from mixlm.ranker import shared_prefix
 
-    config, layers = ranker.model.config, ranker.model.model.layers
+    config, layers = ranker.model.config, ranker.decoder.layers
     owners = [i // n for i in range(n * q)]
     batches = list(token_budget_batches([positions] * (n * q), ranker.token_budget))
     linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from mixlm.bench.pipeline_bench import corpus_events, write_catalog
+from mixlm.ranker.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS
+from mixlm.schemas.beir import read_corpus
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import read_corpus
 
 MIXLM = (sys.executable, "-c", "from mixlm.cli import main; main(prog_name='mixlm')")  # the mixlm command
 QUERY_POOL = 200  # corpus items after the candidates whose titles become queries
@@ -57,7 +58,7 @@ def query_texts(titles: Sequence[str], texts: Sequence[str]) -> list[str]:
 
 def run_serve_bench(bundle_dir: str, corpus: Path, *, sizes: Sequence[int] = (50, 250),
                     concurrency: Sequence[int] = (1, 4, 16), requests: int = 32, max_seconds: float = 120.0,
-                    batch_wait_ms: float = 5.0, batch_size: int = 16, seed: int = 0,
+                    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
                     log: Callable[[str], None] = print) -> dict:
     """Backfill the first max(sizes) corpus items into a temporary store, then measure each point twice."""
     import torch

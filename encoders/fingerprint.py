@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mixlm.encoders.config import EncodingConfig, ProjectionConfig
+from mixlm.schemas.errors import PathNotFoundError
 
 FINGERPRINT_VERSION = 1
 ID_PREFIX = "enc-"
@@ -35,7 +36,7 @@ def directory_digests(directory: Path) -> dict[str, str]:
     """sha256 of every file under ``directory``, keyed by relative path."""
     files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
     if not files:
-        raise FileNotFoundError(f"{directory} holds no model files")
+        raise PathNotFoundError(f"{directory} holds no model files")
     return {path.relative_to(directory).as_posix(): file_sha256(path) for path in files}
 
 

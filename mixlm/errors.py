@@ -1,4 +1,9 @@
-"""One error line and a stable exit code for every user error, never a traceback."""
+"""One error line and the error's own exit code for every ``MixlmError``, never a traceback.
+
+The error classes and their codes live at the bottom of the package (``mixlm.schemas.errors``);
+this module only maps them, by ``exit_code``, for the command line. Anything else (a
+``KeyError`` from a bug) propagates with its traceback: that is the useful report.
+"""
 
 from __future__ import annotations
 
@@ -9,67 +14,32 @@ from typing import TypeVar
 
 import click
 
-from mixlm.schemas import CorruptRecordError, InputError, UnavailableError
-from mixlm.store.errors import (
-    EncoderNotFoundError,
-    JobNotFoundError,
-    StoreCorruptError,
-    StoreError,
-    StoreNotFoundError,
+from mixlm.schemas.errors import (
+    EXIT_CORRUPT,
+    EXIT_ERROR,
+    EXIT_NO_STORE,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    JobCancelled,
+    MixlmError,
 )
+
+__all__ = ["EXIT_CORRUPT", "EXIT_ERROR", "EXIT_NOT_FOUND", "EXIT_NO_STORE", "EXIT_UNAVAILABLE", "EXIT_USAGE",
+           "CommandGroup", "fail", "user_errors"]
 
 F = TypeVar("F", bound=Callable)
 
-# Exit codes scripts may rely on (docs/reliability.md lists them with the failures behind them).
-EXIT_ERROR = 1
-EXIT_NOT_FOUND = 2
-EXIT_NO_STORE = 3
-EXIT_CORRUPT = 4
-EXIT_UNAVAILABLE = 5
-
-
-class JobCancelled(BaseException):
-    """A job stopped by SIGINT or SIGTERM; the command exits 128 + the signal number.
-
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way up
-    (Beam's among them) swallows or rewraps it.
-    """
-
-    def __init__(self, signum: int, message: str):
-        self.signum = signum
-        super().__init__(message)
-
-
-def _exit_code(exc: BaseException) -> int | None:
-    if isinstance(exc, JobCancelled):
-        return 128 + exc.signum
-    if isinstance(exc, (CorruptRecordError, StoreCorruptError)):
-        return EXIT_CORRUPT
-    if isinstance(exc, StoreNotFoundError):
-        return EXIT_NO_STORE
-    if isinstance(exc, (JobNotFoundError, EncoderNotFoundError, FileNotFoundError)):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, UnavailableError):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, (StoreError, InputError)):
-        return EXIT_ERROR
-    return None  # a programming error: its traceback is the useful report
-
 
 def user_errors(func: F) -> F:
-    """Turn the library's expected errors into ``<prog>: error: <message>`` and an exit code."""
+    """Turn a ``MixlmError`` (or ``JobCancelled``) into ``<prog>: error: <message>`` and its ``exit_code``."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (Exception, JobCancelled) as exc:  # noqa: BLE001 - narrowed by _exit_code, others re-raised
-            code = _exit_code(exc)
-            if code is None:
-                raise
-            prog = click.get_current_context().find_root().command.name or "mixlm"
-            click.echo(f"{prog}: error: {exc}", err=True)
-            sys.exit(code)
+        except (MixlmError, JobCancelled) as exc:
+            fail(str(exc), exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -79,3 +49,22 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     click.echo(f"{prog}: error: {message}", err=True)
     sys.exit(code)
 
+
+class CommandGroup(click.Group):
+    """The root group of ``mixlm`` and ``mixlm-store``: click's usage errors (an unknown command
+    or option, a bad option value, a missing argument) exit ``EXIT_USAGE`` instead of click's 2,
+    which mixlm reserves for "not found"."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_USAGE
+            raise
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_USAGE
+            raise

@@ -55,3 +55,8 @@ def render(data: Any, fmt: str, table: str) -> str:
     if fmt == "yaml":
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()
     return table
+
+
+def echo_err(line: str) -> None:
+    """A progress or status line on stderr: stdout stays for the command's result."""
+    click.echo(line, err=True)

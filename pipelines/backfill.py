@@ -24,7 +24,7 @@ from mixlm.pipelines.runner import is_dask_runner, pipeline_options, run_job, si
 from mixlm.pipelines.sources import ReadCatalog
 from mixlm.pipelines.stop import STOP
 from mixlm.pipelines.transforms import METRICS_NAMESPACE, snapshot_counts
-from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, InputError, JobManifest
+from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, InputError, JobManifest, PathNotFoundError
 from mixlm.store import EmbeddingStore
 
 
@@ -36,7 +36,7 @@ def run_backfill(input_path: str, bundle_dir: str, store_path: str, *, fmt: str 
     """``--runner dask`` among ``beam_args`` runs it on Dask: ``dask_address`` joins a cluster, else a local
     one of ``dask_workers`` processes runs for the job; ``torch_threads`` per worker process."""
     if not Path(input_path).exists():
-        raise FileNotFoundError(f"input {input_path} does not exist")
+        raise PathNotFoundError(f"input {input_path} does not exist")
     on_dask = is_dask_runner(beam_args)
     _check_dask_arguments(on_dask, snapshot_only, dask_address, dask_workers, torch_threads)
     encoder_id = BundleConfig.load(bundle_dir).encoder_id

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 
-from mixlm.config import default_store_path
 from mixlm.errors import user_errors
+from mixlm.options import bundle_option, store_option
+from mixlm.output import echo_err
 from mixlm.pipelines.formats import FORMATS
 from mixlm.pipelines.kafka_options import kafka_client_options
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, DTYPES
 
-_store_option = click.option(
-    "--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
-    default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store", help="store directory")
-_bundle_option = click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
-                              help="model bundle directory (mixlm bundle init / mixlm train)")
 _common = [
     click.option("--snapshot-dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
                  help="vector type of the job's Parquet snapshot"),
@@ -34,16 +29,12 @@ def _with_common(func):
     return func
 
 
-def _log(line: str) -> None:
-    click.echo(line, err=True)
-
-
 @click.command(context_settings=_RUN_CONTEXT)
 @click.option("--input", "input_path", required=True, type=click.Path(),
               help="ItemEvent JSONL, a BEIR corpus.jsonl[.gz], or Parquet (file or folder)")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
-@_bundle_option
-@_store_option
+@bundle_option()
+@store_option()
 @click.option("--snapshot-only", type=click.Path(file_okay=False), default=None,
               help="write only a Parquet snapshot to this folder (distributed runners); then 'mixlm-store load' it")
 @click.option("--dask-address", default=None, metavar="tcp://HOST:PORT",
@@ -71,8 +62,8 @@ def backfill(input_path, fmt, bundle_dir, store_path, snapshot_only, dask_addres
     manifest = run_backfill(input_path, bundle_dir, str(store_path), fmt=fmt, beam_args=beam_args,
                             snapshot_dtype=snapshot_dtype, snapshot_only=snapshot_only,
                             max_text_bytes=max_text_bytes, device=device, dask_address=dask_address,
-                            dask_workers=dask_workers, torch_threads=torch_threads, log=_log)
-    _log(f"{manifest.status}: {describe_counts(manifest)}")
+                            dask_workers=dask_workers, torch_threads=torch_threads, log=echo_err)
+    echo_err(f"{manifest.status}: {describe_counts(manifest)}")
     click.echo(manifest.job_id)
 
 
@@ -80,8 +71,8 @@ def backfill(input_path, fmt, bundle_dir, store_path, snapshot_only, dask_addres
 @click.option("--bootstrap-servers", required=True, envvar="MIXLM_BOOTSTRAP_SERVERS", help="Kafka host:port[,...]")
 @click.option("--topic", required=True, help="topic of ItemEvents (key = item_id)")
 @click.option("--group", "group_id", required=True, help="consumer group: offsets resume from its commits")
-@_bundle_option
-@_store_option
+@bundle_option()
+@store_option()
 @click.option("--max-seconds", type=click.FloatRange(min=0), default=None, help="stop after this long")
 @click.option("--max-records", type=click.IntRange(min=1), default=None, help="stop after reading this many")
 @click.option("--dead-letter-topic", default=None, help="also publish dead letters to this topic")
@@ -110,6 +101,6 @@ def stream(bootstrap_servers, topic, group_id, bundle_dir, store_path, max_secon
     manifest = run_stream(bootstrap_servers, topic, group_id, bundle_dir, str(store_path), max_seconds=max_seconds,
                           max_records=max_records, dead_letter_topic=dead_letter_topic, beam_args=beam_args,
                           snapshot_dtype=snapshot_dtype, max_text_bytes=max_text_bytes, device=device,
-                          broker_timeout_s=broker_timeout_s, kafka_options=options, log=_log)
-    _log(f"{manifest.status}: {describe_counts(manifest)}")
+                          broker_timeout_s=broker_timeout_s, kafka_options=options, log=echo_err)
+    echo_err(f"{manifest.status}: {describe_counts(manifest)}")
     click.echo(manifest.job_id)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from mixlm.schemas import EmbeddingRecord, ItemEvent
-from mixlm.store.dead_letters import DeadLetter
+from mixlm.schemas.dead_letter import DeadLetter
 
 
 class KafkaPosition(NamedTuple):

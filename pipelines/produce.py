@@ -4,7 +4,7 @@ Every line is validated with ``parse_item_event``; an invalid line is skipped wi
 naming its line number, unless ``raw`` is set, in which case every non-blank line is sent as
 it is (how the demo and tests inject malformed events for the dead-letter path). Records go
 one per producer batch (``batch_size=1``, ``linger_ms=0``) by default, because Tansu reports
-end offsets as the last batch's base offset + 1 (see ``kafka_broker``); pass a larger
+end offsets as the last batch's base offset + 1 (docs/devbroker.md); pass a larger
 ``batch_size`` for throughput against a real Kafka (5,000 records: ~2.3 s one per batch,
 ~0.4 s batched, on the embedded broker).
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import click
 
 from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
-from mixlm.output import output_option, render
+from mixlm.output import echo_err, output_option, render
 from mixlm.pipelines.kafka_options import KafkaOptions, kafka_client_options
 from mixlm.schemas import ValidationError, parse_item_event
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, MixlmError
 from mixlm.schemas.item_event import decode_json, rejection_reason
 
 DEFAULT_PARTITIONS = 2
@@ -32,7 +32,7 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_WARNINGS = 20  # invalid lines warned one by one; the rest are counted
 
 
-class ProduceError(RuntimeError):
+class ProduceError(MixlmError, RuntimeError):
     """Kafka could not be reached, or events failed to send; one line for people."""
 
 
@@ -226,11 +226,8 @@ def produce(bootstrap_servers: str, topic: str, input_path: str, create_topic: b
     if input_path != "-" and not Path(input_path).is_file():
         fail(f"input {input_path} does not exist", EXIT_NOT_FOUND)
     options = KafkaOptions.parse(kafka_option, kafka_config)
-    try:
-        if create_topic and ensure_topic(bootstrap_servers, topic, partitions, timeout_s=timeout_s, options=options):
-            click.echo(f"created topic {topic} ({partitions} partitions)", err=True)
-        summary = produce_file(bootstrap_servers, topic, input_path, raw=raw, batch_size=batch_size,
-                               timeout_s=timeout_s, options=options, warn=lambda line: click.echo(line, err=True))
-    except ProduceError as exc:
-        fail(str(exc))
+    if create_topic and ensure_topic(bootstrap_servers, topic, partitions, timeout_s=timeout_s, options=options):
+        echo_err(f"created topic {topic} ({partitions} partitions)")
+    summary = produce_file(bootstrap_servers, topic, input_path, raw=raw, batch_size=batch_size,
+                           timeout_s=timeout_s, options=options, warn=echo_err)
     click.echo(render(summary.to_dict(), output, summary.line()))

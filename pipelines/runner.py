@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from mixlm.errors import JobCancelled
 from mixlm.schemas import JobManifest
+from mixlm.schemas.errors import JobCancelled
 from mixlm.store import EmbeddingStore
 
 # Offline, Beam's DirectRunner first tries to download the Prism runner and then falls back

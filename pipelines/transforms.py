@@ -28,10 +28,10 @@ from mixlm.pipelines.elements import (
 )
 from mixlm.pipelines.stop import STOP
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, EmbeddingRecord, ValidationError, parse_item_event
+from mixlm.schemas.dead_letter import DeadLetter
 from mixlm.schemas.item_event import decode_json, rejection_reason
 from mixlm.schemas.timefmt import format_rfc3339, utc_now
 from mixlm.store import EmbeddingStore, SnapshotWriter
-from mixlm.store.dead_letters import DeadLetter
 
 METRICS_NAMESPACE = "mixlm"
 
@@ -173,7 +173,7 @@ class WriteOutcomes(beam.DoFn):
 
     def setup(self):
         self.store = EmbeddingStore.open(self.store_path)
-        self.writer = SnapshotWriter(Path(self.store_path) / "snapshots", self.encoder_id, self.job_id,
+        self.writer = SnapshotWriter(self.store.snapshots_dir, self.encoder_id, self.job_id,
                                      dtype=self.snapshot_dtype, rows_per_file=self.snapshot_rows)
         self.last_snapshot = time.monotonic()
         self.buffer: list[Outcome] = []

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
-from mixlm.config import default_store_path
-from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
+from mixlm.errors import EXIT_NOT_FOUND, EXIT_USAGE, fail, user_errors
+from mixlm.options import bundle_option, store_option
 from mixlm.output import columns_table, output_option, render
+from mixlm.ranker.defaults import DEFAULT_MAX_CANDIDATES
 
 
 def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
     if bool(items) == bool(candidates):
-        fail("give exactly one of --items and --candidates", 2)
+        fail("give exactly one of --items and --candidates", EXIT_USAGE)
     if items:
         return [item.strip() for item in items.split(",") if item.strip()]
     if not candidates.is_file():
@@ -22,14 +23,12 @@ def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
 
 
 @click.command()
-@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="rank here with this bundle (or --server)")
+@bundle_option(required=False, help="rank here with this bundle (or --server)")
 @click.option("--server", default=None, metavar="URL",
               help="rank on a `mixlm serve` server instead (no models load here), e.g. http://127.0.0.1:8080")
 @click.option("--auth-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="the server's bearer token (with --server)")
-@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
-              default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
+@store_option()
 @click.option("--query", required=True, help="the search query")
 @click.option("--items", default=None, help="candidate item ids, comma-separated")
 @click.option("--candidates", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -37,7 +36,7 @@ def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="keep the best K")
 @click.option("--backend", type=click.Choice(["amortized", "naive"]), default="amortized", show_default=True,
               help="(local only)")
-@click.option("--max-candidates", type=click.IntRange(min=1), default=1_000, show_default=True,
+@click.option("--max-candidates", type=click.IntRange(min=1), default=DEFAULT_MAX_CANDIDATES, show_default=True,
               help="(local only; a server has its own cap)")
 @output_option()
 @user_errors
@@ -45,9 +44,9 @@ def rank(bundle_dir, server, auth_token_file, store_path, query, items, candidat
          output):
     """Rank candidate items for a query with the mixed-input ranker (MixLM's log-odds, best first)."""
     if bool(bundle_dir) == bool(server):
-        fail("give exactly one of --bundle and --server", 2)
+        fail("give exactly one of --bundle and --server", EXIT_USAGE)
     if auth_token_file and not server:
-        fail("--auth-token-file goes with --server", 2)
+        fail("--auth-token-file goes with --server", EXIT_USAGE)
     ids = _candidate_ids(items, candidates)
     if server:
         from mixlm.ranker.http_client import RankerHTTPClient
@@ -70,9 +69,8 @@ def rank(bundle_dir, server, auth_token_file, store_path, query, items, candidat
 
 @click.command()
 @click.argument("query")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
-              default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
+@bundle_option()
+@store_option()
 @click.option("--k", "k", type=click.IntRange(min=1), default=100, show_default=True, help="first-stage candidates")
 @click.option("--rerank", type=click.IntRange(min=0), default=20, show_default=True,
               help="how many of them the ranker re-scores (0: first stage only)")
@@ -88,16 +86,17 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     first-stage scores (plain log-odds for a bundle without fusion weights).
     """
     from mixlm.ranker.client import RankerClient
-    from mixlm.ranker.retrieval import BM25Index, VectorIndex
+    from mixlm.ranker.retrieval import BM25Index
+    from mixlm.store.index import VectorIndex
 
     client = RankerClient.open(bundle_dir, store_path)
     if retriever == "bm25":
         if corpus is None:
-            fail("--retriever bm25 needs --corpus", 2)
-        from mixlm.training.beir import read_corpus
+            fail("--retriever bm25 needs --corpus", EXIT_USAGE)
+        from mixlm.schemas.beir import read_corpus
 
         docs = list(read_corpus(corpus))
-        hits = BM25Index([d.doc_id for d in docs], [f"{d.title} {d.text}" for d in docs]).search(query, k)
+        hits = BM25Index([d.doc_id for d in docs], [d.full_text() for d in docs]).search(query, k)
     else:
         from mixlm.encoders import ItemEncoder
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from mixlm.encoders.config import FusionConfig
+from mixlm.ranker.defaults import DEFAULT_MAX_CANDIDATES
 from mixlm.ranker.fusion import fuse
 from mixlm.ranker.model import MixedInputRanker
 from mixlm.ranker.results import RankRequest, RankResult, ScoredItem, ranked
 from mixlm.schemas.errors import InputError
 from mixlm.store import EmbeddingStore
 from mixlm.store.errors import StoreError
-
-DEFAULT_MAX_CANDIDATES = 1_000
 
 
 class EncoderMismatchError(StoreError):

@@ -62,6 +62,9 @@ class MixedInputRanker:
         if prompt.yes_token_id is None or prompt.no_token_id is None:
             raise InputError("the prompt has no yes/no token ids; seal the bundle first")
         self.model = model.eval()
+        # The transformer body under the LM head (Llama's ``.model``, GPT-2's ``.transformer``, ...):
+        # the portable accessor, so any causal LM works, adapters (``encoders.lora``) included.
+        self.decoder = model.base_model
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.encoder_id = encoder_id
@@ -158,7 +161,7 @@ class MixedInputRanker:
         vectors) through the prefix as well as through each candidate.
         """
         prefix = self.prefix_embeddings(query, query_embedding)
-        cache = self.model.model(inputs_embeds=prefix.unsqueeze(0), use_cache=True).past_key_values
+        cache = self.decoder(inputs_embeds=prefix.unsqueeze(0), use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(items))
         prefix_mask = torch.ones(len(items), prefix.shape[0], dtype=torch.long, device=self.device)
         hidden = self._candidate_pass(cache, prefix_mask, self.candidate_tokens(items, query_embedding, item_retrieval),
@@ -209,8 +212,8 @@ class MixedInputRanker:
             prefix_batch[row, width - prefix.shape[0]:] = prefix
             prefix_mask[row, width - prefix.shape[0]:] = 1
         positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = self.model.model(inputs_embeds=prefix_batch, attention_mask=prefix_mask, position_ids=positions,
-                                 use_cache=True).past_key_values
+        cache = self.decoder(inputs_embeds=prefix_batch, attention_mask=prefix_mask, position_ids=positions,
+                             use_cache=True).past_key_values
         owners = [q for q, (_, items) in enumerate(requests) for _ in items]
         tokens = [token for (_, items), embedding, retrieval in zip(requests, query_embeddings, item_retrievals,
                                                                    strict=True)
@@ -233,7 +236,7 @@ class MixedInputRanker:
 
     def _score_one(self, sequence: torch.Tensor) -> torch.Tensor:
         """The reference path: one full sequence through the base model (no vocabulary projection)."""
-        return self.model.model(inputs_embeds=sequence.unsqueeze(0), use_cache=False).last_hidden_state[0, -1]
+        return self.decoder(inputs_embeds=sequence.unsqueeze(0), use_cache=False).last_hidden_state[0, -1]
 
     def _score_shared(self, cache, prefix_mask: torch.Tensor, owners: list[int], tokens: list[torch.Tensor],
                       end: torch.Tensor) -> torch.Tensor | None:
@@ -266,8 +269,8 @@ class MixedInputRanker:
             first = torch.tensor([prefix_lengths[owners[i]] for i in batch], device=self.device)
             positions = first.unsqueeze(1) + torch.arange(tail.shape[1], device=self.device)
             prefix = shared_prefix.SharedPrefix(keys, values, prefix_lengths, segments)
-            hidden = self.model.model(inputs_embeds=tail, position_ids=positions, use_cache=False,
-                                      shared_prefix=prefix).last_hidden_state
+            hidden = self.decoder(inputs_embeds=tail, position_ids=positions, use_cache=False,
+                                  shared_prefix=prefix).last_hidden_state
             if sorted(prefix.layers_read) != list(range(len(keys))):
                 return None
             out[batch] = hidden[torch.arange(len(batch), device=self.device), sizes - 1].float()
@@ -298,9 +301,9 @@ class MixedInputRanker:
         width = tail.shape[1]
         tail_mask = (torch.arange(width, device=self.device) < lengths.unsqueeze(1)).long()
         positions = prefix_mask.sum(dim=1).unsqueeze(1) + torch.arange(width, device=self.device)
-        hidden = self.model.model(inputs_embeds=tail, past_key_values=cache, use_cache=True,
-                                  attention_mask=torch.cat([prefix_mask, tail_mask], dim=1),
-                                  position_ids=positions).last_hidden_state
+        hidden = self.decoder(inputs_embeds=tail, past_key_values=cache, use_cache=True,
+                              attention_mask=torch.cat([prefix_mask, tail_mask], dim=1),
+                              position_ids=positions).last_hidden_state
         return hidden[torch.arange(len(sequences), device=self.device), lengths - 1]
 
 

@@ -18,28 +18,28 @@ from pathlib import Path
 
 import click
 
-from mixlm.config import default_store_path
 from mixlm.errors import user_errors
-from mixlm.schemas.errors import InputError, UnavailableError
+from mixlm.options import bundle_option, store_option
+from mixlm.ranker.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_QUEUE
+from mixlm.schemas.errors import InputError, PathNotFoundError, UnavailableError
 
 log = logging.getLogger("mixlm.serve")
 
 
 @click.command()
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
-              default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store")
+@bundle_option()
+@store_option()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="the address to listen on (loopback unless told otherwise)")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="0 picks a free port (the log says which)")
-@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-queue", type=click.IntRange(min=1), default=DEFAULT_MAX_QUEUE, show_default=True,
               help="ranking requests in flight or waiting before new ones get 429")
-@click.option("--max-candidates", type=click.IntRange(min=1), default=1_000, show_default=True,
+@click.option("--max-candidates", type=click.IntRange(min=1), default=DEFAULT_MAX_CANDIDATES, show_default=True,
               help="distinct item ids per request; more get 413")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="most requests sharing one forward pass")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=DEFAULT_BATCH_WAIT_MS, show_default=True,
               help="how long a request waits for others to share its forward pass")
 @click.option("--auth-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="require 'Authorization: Bearer <the file's token>' on every endpoint but /healthz")
@@ -77,7 +77,7 @@ def serve(bundle_dir, store_path, host, port, max_queue, max_candidates, batch_s
 def read_token_file(path: Path) -> str:
     """The bearer token in ``path`` (surrounding whitespace dropped); a missing or empty file is refused."""
     if not path.is_file():
-        raise FileNotFoundError(f"auth token file {path} does not exist")  # exit 2
+        raise PathNotFoundError(f"auth token file {path} does not exist")  # exit 2
     token = path.read_text(encoding="utf-8", errors="replace").strip()
     if not token:
         raise InputError(f"auth token file {path} is empty")

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mixlm.ranker.api import ApiError, RerankInput, parse_json, parse_rerank, parse_score, result_body
+from mixlm.ranker.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_QUEUE
 from mixlm.ranker.metrics import ServerMetrics
 from mixlm.ranker.service import Admission, RankingService
 from mixlm.schemas.errors import CorruptRecordError, InputError
@@ -30,7 +31,6 @@ from mixlm.store.errors import StoreError
 
 log = logging.getLogger("mixlm.serve")
 
-DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = 1
 
@@ -40,7 +40,8 @@ class _ClientGone(Exception):
 
 
 def create_app(client_factory: Callable[[], object], *, auth_token: str | None = None,
-               max_queue: int = DEFAULT_MAX_QUEUE, batch_wait_ms: float = 5.0, batch_size: int = 16,
+               max_queue: int = DEFAULT_MAX_QUEUE, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+               batch_size: int = DEFAULT_BATCH_SIZE,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
     """The app; ``client_factory`` (e.g. ``service.bundle_client_factory``) runs on a thread at startup.
 

@@ -14,14 +14,15 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from mixlm.ranker.api import RerankInput
-from mixlm.schemas.errors import CorruptRecordError, InputError, UnavailableError
-from mixlm.store.errors import StoreError
+from mixlm.ranker.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS
+from mixlm.schemas.errors import MixlmError
 
 log = logging.getLogger("mixlm.serve")
 
 
 class RankingService:
-    def __init__(self, client_factory: Callable[[], object], *, batch_wait_ms: float = 5.0, batch_size: int = 16,
+    def __init__(self, client_factory: Callable[[], object], *, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
                  on_batch: Callable[[int], None] | None = None):
         """``client_factory`` returns a ``RankerClient`` (or anything with its ``score_many``,
         ``max_candidates``, ``ranker.encoder_id`` and ``store``); it runs once, on the loader thread."""
@@ -143,4 +144,4 @@ def bundle_client_factory(bundle_dir: str | Path, store_path: str | Path, *, max
 
 def _is_user_error(exc: BaseException) -> bool:
     """A bad bundle, store or setting (one line says it all), not a bug (whose traceback is logged)."""
-    return isinstance(exc, (InputError, StoreError, UnavailableError, CorruptRecordError, FileNotFoundError))
+    return isinstance(exc, MixlmError)

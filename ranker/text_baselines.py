@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mixlm.ranker.defaults import DEFAULT_TRUNCATE_TOKENS
 from mixlm.ranker.model import MixedInputRanker, Scores
-
-DEFAULT_TRUNCATE_TOKENS = 64
 
 
 class FullTextRanker:

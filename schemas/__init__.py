@@ -1,11 +1,21 @@
-"""Data contracts: ItemEvent, EmbeddingRecord, JobManifest and the LMDB value format.
+"""Data contracts: ItemEvent, EmbeddingRecord, JobManifest, DeadLetter, the LMDB value format,
+BEIR collections (``mixlm.schemas.beir``) and the error model (``mixlm.schemas.errors``).
 
-Arrow schemas live in ``mixlm.schemas.arrow`` so that importing the contracts does not
-import pyarrow. Nothing here imports torch.
+The bottom layer: nothing here imports another mixlm package. Arrow schemas live in
+``mixlm.schemas.arrow`` so that importing the contracts does not import pyarrow. Nothing here
+imports torch.
 """
 
+from mixlm.schemas.dead_letter import DeadLetter
 from mixlm.schemas.embedding_record import DTYPES, EmbeddingRecord, check_encoder_id
-from mixlm.schemas.errors import CorruptRecordError, InputError, UnavailableError, ValidationError
+from mixlm.schemas.errors import (
+    CorruptRecordError,
+    InputError,
+    MixlmError,
+    PathNotFoundError,
+    UnavailableError,
+    ValidationError,
+)
 from mixlm.schemas.item_event import DEFAULT_MAX_TEXT_BYTES, ItemEvent, parse_item_event
 from mixlm.schemas.job_manifest import (
     JOB_KINDS,
@@ -21,11 +31,14 @@ __all__ = [
     "JOB_KINDS",
     "JOB_STATUSES",
     "CorruptRecordError",
+    "DeadLetter",
     "EmbeddingRecord",
     "InputError",
     "ItemEvent",
     "JobCounts",
     "JobManifest",
+    "MixlmError",
+    "PathNotFoundError",
     "UnavailableError",
     "ValidationError",
     "check_encoder_id",

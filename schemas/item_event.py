@@ -17,6 +17,14 @@ MAX_VERSION = 2**63 - 1
 # LMDB keys are at most 511 bytes and hold ``encoder_id \x00 item_id``.
 MAX_ITEM_ID_BYTES = 400
 DEFAULT_MAX_TEXT_BYTES = 1_000_000
+# How an item's title and text become the one text the encoder (and any text ranker) reads; a
+# bundle may set its own template (``EncodingConfig.item_template``).
+DEFAULT_ITEM_TEMPLATE = "{title}\n{text}"
+
+
+def render_item(title: str, text: str, template: str = DEFAULT_ITEM_TEMPLATE) -> str:
+    """An item's title and text as one text, by ``template`` (with ``{title}`` and ``{text}``)."""
+    return template.format(title=title, text=text)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mixlm.config import default_store_path
-from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
-from mixlm.output import columns_table, key_value_table, output_option, render
+from mixlm.errors import EXIT_NOT_FOUND, CommandGroup, fail, user_errors
+from mixlm.options import store_option
+from mixlm.output import columns_table, echo_err, key_value_table, output_option, render
 from mixlm.schemas import DTYPES
+from mixlm.store.index import build_vector_index
 from mixlm.store.online import EmbeddingStore
 from mixlm.store.transfer import export_snapshot, load_verified, verify_snapshot
 from mixlm.version import __version__
@@ -26,20 +27,23 @@ def _open(ctx: click.Context, *, write: bool = False, create: bool = False) -> E
     return EmbeddingStore.open(ctx.obj["store"], create=create, readonly=not (write or create))
 
 
-@click.group(name="mixlm-store", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", type=click.Path(path_type=Path), envvar="MIXLM_STORE",
-              default=default_store_path, show_default="$MIXLM_STORE or ~/.local/share/mixlm/store",
-              help="store directory")
+@click.group(name="mixlm-store", cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@store_option()
 @click.version_option(__version__, prog_name="mixlm-store")
 @click.pass_context
-def main(ctx: click.Context, store: Path) -> None:
-    """Inspect and maintain a mixlm embedding store (LMDB online records + Parquet snapshots)."""
-    ctx.ensure_object(dict)["store"] = store
+def main(ctx: click.Context, store_path: Path) -> None:
+    """Inspect and maintain a mixlm embedding store (LMDB online records + Parquet snapshots).
+
+    --store goes before the command or after it: 'mixlm-store --store DIR get JOB' and
+    'mixlm-store get JOB --store DIR' are the same.
+    """
+    ctx.ensure_object(dict)["store"] = store_path
 
 
 @main.command()
 @click.argument("job_id")
 @output_option()
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def get(ctx: click.Context, job_id: str, output: str) -> None:
@@ -52,6 +56,7 @@ def get(ctx: click.Context, job_id: str, output: str) -> None:
 @click.argument("job_id")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="show at most N")
 @output_option()
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def dead_letters(ctx: click.Context, job_id: str, limit: int | None, output: str) -> None:
@@ -73,6 +78,7 @@ def _preview(text: str, limit: int = 60) -> str:
 @main.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="show at most N jobs")
 @output_option()
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def jobs(ctx: click.Context, limit: int | None, output: str) -> None:
@@ -88,6 +94,7 @@ def jobs(ctx: click.Context, limit: int | None, output: str) -> None:
 @click.option("--encoder", "encoder_id", help="encoder id (default: the active encoder)")
 @click.option("--vectors", "show_vectors", is_flag=True, help="also print the vector values")
 @output_option()
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def item(ctx: click.Context, item_id: str, encoder_id: str | None, show_vectors: bool, output: str) -> None:
@@ -105,6 +112,7 @@ def item(ctx: click.Context, item_id: str, encoder_id: str | None, show_vectors:
 
 @main.command()
 @output_option()
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def stats(ctx: click.Context, output: str) -> None:
@@ -123,6 +131,7 @@ def stats(ctx: click.Context, output: str) -> None:
 @click.option("--allow-unverified", is_flag=True,
               help="also load parts without row checksums (written by mixlm before they existed), unverified")
 @output_option()
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def load(ctx: click.Context, snapshot_dir: Path, encoder_id: str | None, allow_unverified: bool,
@@ -142,8 +151,8 @@ def load(ctx: click.Context, snapshot_dir: Path, encoder_id: str | None, allow_u
             return
         last_report[0] = time.monotonic()
         counts = manifest.counts
-        click.echo(f"loaded {counts.read:,} records ({counts.written:,} written, {counts.deleted:,} deleted, "
-                   f"{counts.stale:,} stale)", err=True)
+        echo_err(f"loaded {counts.read:,} records ({counts.written:,} written, {counts.deleted:,} deleted, "
+                 f"{counts.stale:,} stale)")
 
     manifest = load_verified(store, snapshot, progress=progress).to_dict()
     click.echo(render(manifest, output, key_value_table(manifest)))
@@ -153,6 +162,7 @@ def load(ctx: click.Context, snapshot_dir: Path, encoder_id: str | None, allow_u
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--encoder", "encoder_id", help="encoder id (default: the active encoder)")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="vector type (default: as stored)")
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def export(ctx: click.Context, out_dir: Path, encoder_id: str | None, dtype: str | None) -> None:
@@ -165,6 +175,7 @@ def export(ctx: click.Context, out_dir: Path, encoder_id: str | None, dtype: str
 
 @main.command()
 @click.argument("encoder_id")
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def promote(ctx: click.Context, encoder_id: str) -> None:
@@ -181,12 +192,11 @@ def index() -> None:
 @index.command("build")
 @click.option("--encoder", "encoder_id", help="encoder id (default: the active encoder)")
 @output_option()
+@store_option(after_command=True)
 @click.pass_context
 @user_errors
 def index_build(ctx: click.Context, encoder_id: str | None, output: str) -> None:
     """Build (or rebuild) the FAISS index of one encoder's live records."""
-    from mixlm.ranker.retrieval import build_vector_index
-
     store = _open(ctx.find_root(), write=True)  # the index is written into the store
     summary = build_vector_index(store, store.resolve_encoder(encoder_id))
     click.echo(render(summary, output, key_value_table(summary)))

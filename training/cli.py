@@ -9,8 +9,29 @@ from pathlib import Path
 
 import click
 
-from mixlm.encoders.cli import _progress, _quiet_transformers
+from mixlm.encoders.cli import _quiet_transformers
+from mixlm.encoders.config import LoraConfig, RankerInputs
 from mixlm.errors import user_errors
+from mixlm.options import bundle_option
+from mixlm.output import columns_table, echo_err, key_value_table, output_option, render
+from mixlm.ranker.defaults import DEFAULT_TRUNCATE_TOKENS
+from mixlm.training.config import (
+    EVAL_METHODS,
+    EVAL_RERANK_DEPTH,
+    FULLTEXT_TARGETS,
+    FULLTEXT_TOKENS,
+    TEXT_RANKER_LORA,
+    DataConfig,
+    DomainConfig,
+    JointConfig,
+    LoopConfig,
+    TeacherConfig,
+)
+
+# The schedule of every stage from the command line; its learning rate and checkpoints differ
+# from LoopConfig's library defaults (LoopConfig.steps and .seed are shared).
+CLI_LR = 5e-4
+CLI_CHECKPOINT_EVERY = 10
 
 
 def data_options(func):
@@ -20,23 +41,24 @@ def data_options(func):
                      type=click.Path(exists=True, file_okay=False),
                      help="a BEIR-layout folder (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv); repeat it "
                           "to train on several collections together"),
-        click.option("--split", default="train", show_default=True,
+        click.option("--split", default=DataConfig.split, show_default=True,
                      help="judgments to train on: train or dev (a test split is refused)"),
-        click.option("--bm25-depth", type=click.IntRange(min=1), default=100, show_default=True,
+        click.option("--bm25-depth", type=click.IntRange(min=1), default=DataConfig.bm25_depth, show_default=True,
                      help="hard negatives come from each query's BM25 top-K"),
-        click.option("--group-size", type=click.IntRange(min=2), default=4, show_default=True,
+        click.option("--group-size", type=click.IntRange(min=2), default=DataConfig.group_size, show_default=True,
                      help="candidates per query per step (judged positives + BM25 negatives)"),
-        click.option("--queries-per-step", type=click.IntRange(min=1), default=4, show_default=True),
+        click.option("--queries-per-step", type=click.IntRange(min=1), default=DataConfig.queries_per_step,
+                     show_default=True),
         click.option("--max-queries", type=click.IntRange(min=1), default=None,
                      help="train on the first N judged queries only"),
-        click.option("--holdout-every", type=click.IntRange(min=0), default=8, show_default=True,
+        click.option("--holdout-every", type=click.IntRange(min=0), default=DataConfig.holdout_every, show_default=True,
                      help="every N-th query (by a hash of its id) is held out as dev, never trained on; the "
                           "joint stage fits the fusion weights there (0: none)"),
-        click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True,
+        click.option("--steps", type=click.IntRange(min=1), default=LoopConfig.steps, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=CLI_LR, show_default=True,
                      help="peak learning rate of the adapters (warmup, then cosine decay)"),
-        click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=CLI_CHECKPOINT_EVERY, show_default=True),
+        click.option("--seed", type=int, default=LoopConfig.seed, show_default=True),
         click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
                      help="run directory: config, metrics, checkpoint, bundle/ (an existing one resumes)"),
     ]
@@ -47,8 +69,6 @@ def data_options(func):
 
 def _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps, lr,
                    checkpoint_every, seed):
-    from mixlm.training.stages import DataConfig
-
     data = DataConfig(datasets=tuple(str(Path(d).resolve()) for d in datasets), split=split, bm25_depth=bm25_depth,
                       group_size=group_size, queries_per_step=queries_per_step, max_queries=max_queries,
                       holdout_every=holdout_every or None)
@@ -57,8 +77,6 @@ def _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, ma
 
 def _loop(steps, lr, checkpoint_every, seed):
     """The schedule from the command line: a tenth of the steps (at most 10) of warmup, about 20 log lines."""
-    from mixlm.training.run import LoopConfig
-
     return LoopConfig(steps=steps, lr=lr, warmup_steps=min(10, max(1, steps // 10)),
                       checkpoint_every=checkpoint_every, log_every=max(1, min(5, steps // 20)), seed=seed)
 
@@ -69,86 +87,85 @@ def train() -> None:
 
 
 @train.command()
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="the bundle whose ranker becomes the teacher (mixlm bundle init ...)")
+@bundle_option(help="the bundle whose ranker becomes the teacher (mixlm bundle init ...)")
 @data_options
-@click.option("--max-item-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-item-tokens", type=click.IntRange(min=1), default=FULLTEXT_TOKENS, show_default=True,
               help="item text tokens the teacher reads (the beginning of longer items)")
-@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--lora-layers", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--lora-rank", type=click.IntRange(min=1), default=TEXT_RANKER_LORA.rank, show_default=True)
+@click.option("--lora-layers", type=click.IntRange(min=1), default=TEXT_RANKER_LORA.top_layers, show_default=True,
               help="adapt the ranker's last N transformer blocks")
 @user_errors
 def teacher(bundle_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
             lr, checkpoint_every, seed, run_dir, max_item_tokens, lora_rank, lora_layers) -> None:
     """Stage 2: fine-tune the ranker on (query, full item text) with KL(p* || p); prints the teacher bundle."""
-    from mixlm.encoders.lora import LoraConfig
-    from mixlm.training.teacher import TeacherConfig, train_teacher
+    from mixlm.training.teacher import train_teacher
 
     _quiet_transformers()
     data, loop = _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries,
                                 holdout_every, steps, lr, checkpoint_every, seed)
     config = TeacherConfig(data, loop, LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
                            max_item_tokens)
-    click.echo(str(train_teacher(bundle_dir, run_dir, config, log=_progress).path))
+    click.echo(str(train_teacher(bundle_dir, run_dir, config, log=echo_err).path))
 
 
 @train.command()
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="the bundle whose ranker adapts to the corpus")
+@bundle_option(help="the bundle whose ranker adapts to the corpus")
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False),
               help="a BEIR-layout folder; only its corpus is read")
-@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--docs-per-step", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(min=2), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
-@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--lora-layers", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=LoopConfig.steps, show_default=True)
+@click.option("--docs-per-step", type=click.IntRange(min=1), default=DomainConfig.docs_per_step, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=2), default=DomainConfig.max_tokens, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=CLI_LR, show_default=True)
+@click.option("--lora-rank", type=click.IntRange(min=1), default=DomainConfig.ranker_lora.rank, show_default=True)
+@click.option("--lora-layers", type=click.IntRange(min=1), default=DomainConfig.ranker_lora.top_layers,
+              show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=CLI_CHECKPOINT_EVERY, show_default=True)
+@click.option("--seed", type=int, default=LoopConfig.seed, show_default=True)
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="run directory (an existing one resumes)")
 @user_errors
 def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank, lora_layers, checkpoint_every, seed,
            run_dir) -> None:
     """Stage 1 (optional): adapt the ranker LM to the corpus text; the teacher stage continues its adapter."""
-    from mixlm.encoders.lora import LoraConfig
-    from mixlm.training.domain import DomainConfig, train_domain
+    from mixlm.training.domain import train_domain
 
     _quiet_transformers()
     config = DomainConfig(str(Path(dataset).resolve()), _loop(steps, lr, checkpoint_every, seed),
                           LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
                           docs_per_step, max_tokens)
-    click.echo(str(train_domain(bundle_dir, run_dir, config, log=_progress).path))
+    click.echo(str(train_domain(bundle_dir, run_dir, config, log=echo_err).path))
 
 
 @train.command()
 @click.option("--teacher", "teacher_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="the teacher bundle ('mixlm train teacher' writes RUN/bundle)")
 @data_options
-@click.option("--n-tokens", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--n-tokens", type=click.IntRange(min=1), default=JointConfig.n_tokens, show_default=True,
               help="embedding tokens per item (T_S)")
-@click.option("--projection", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True)
+@click.option("--projection", type=click.Choice(["linear", "mlp"]), default=JointConfig.projection, show_default=True)
 @click.option("--encoder-max-length", type=click.IntRange(min=2), default=None,
               help="item tokens the encoder reads  [default: the teacher bundle's]")
 @click.option("--encoder-lora-layers", type=click.IntRange(min=0), default=0, show_default=True,
               help="adapt the encoder's last N blocks (0: the encoder stays frozen and runs once per text)")
-@click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--lora-rank", type=click.IntRange(min=1), default=JointConfig.ranker_lora.rank, show_default=True,
               help="rank of the ranker's fresh adapter (on every block)")
-@click.option("--query-vector/--no-query-vector", default=True, show_default=True,
+@click.option("--query-vector/--no-query-vector", default=JointConfig.inputs.query_vector, show_default=True,
               help="the query's own embedding tokens close the ranker's prefix")
-@click.option("--interaction/--no-interaction", default=True, show_default=True,
+@click.option("--interaction/--no-interaction", default=JointConfig.inputs.interaction, show_default=True,
               help="each item token also carries the projected query*item retrieval-vector product")
-@click.option("--max-item-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-item-tokens", type=click.IntRange(min=1), default=JointConfig.max_item_tokens, show_default=True,
               help="full item text tokens for the teacher and alignment targets")
-@click.option("--teacher-negatives", type=click.IntRange(min=0), default=3, show_default=True,
+@click.option("--teacher-negatives", type=click.IntRange(min=0), default=JointConfig.teacher_negatives,
+              show_default=True,
               help="per query, the hardest negatives that get teacher targets (with its judged documents)")
-@click.option("--dense-depth", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--dense-depth", type=click.IntRange(min=1), default=JointConfig.dense_depth, show_default=True,
               help="hard negatives also come from the encoder's own top-K")
-@click.option("--fulltext-targets", type=click.Choice(["live", "teacher"]), default="teacher", show_default=True,
+@click.option("--fulltext-targets", type=click.Choice(FULLTEXT_TARGETS), default=JointConfig.fulltext_targets,
+              show_default=True,
               help="same-ranker full-text targets: recomputed each step (live) or the teacher's")
-@click.option("--phase1-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--phase1-fraction", type=click.FloatRange(0, 1), default=JointConfig.phase1_fraction, show_default=True,
               help="share of steps in the alignment-heavy first phase of the curriculum")
-@click.option("--distill-weight", type=click.FloatRange(min=0), default=0.1, show_default=True,
+@click.option("--distill-weight", type=click.FloatRange(min=0), default=JointConfig.phase2.distill, show_default=True,
               help="λ_d: weight of the teacher's full-text scores after the first phase")
 @user_errors
 def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
@@ -162,9 +179,7 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
     """
     import dataclasses
 
-    from mixlm.encoders.config import RankerInputs
-    from mixlm.encoders.lora import LoraConfig
-    from mixlm.training.joint import JointConfig, train_joint
+    from mixlm.training.joint import train_joint
 
     _quiet_transformers()
     data, loop = _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries,
@@ -176,7 +191,7 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
                          max_item_tokens=max_item_tokens, teacher_negatives=teacher_negatives,
                          dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction,
                          phase2=dataclasses.replace(JointConfig.phase2, distill=distill_weight))
-    click.echo(str(train_joint(teacher_dir, run_dir, config, log=_progress).path))
+    click.echo(str(train_joint(teacher_dir, run_dir, config, log=echo_err).path))
 
 
 @train.command("pseudo-queries")
@@ -186,7 +201,7 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
               help="new folder for the pseudo-query collection (BEIR layout, qrels/train.tsv)")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, help="keep at most N pairs")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--output", "-o", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@output_option()
 @user_errors
 def pseudo_queries(corpus_dir, out_dir, max_queries, seed, output) -> None:
     """Make training queries from a corpus that has none: a title for its text, or a sentence for the rest.
@@ -194,7 +209,6 @@ def pseudo_queries(corpus_dir, out_dir, max_queries, seed, output) -> None:
     The result is a BEIR folder any stage trains on with --dataset. A corpus that a test
     collection judges (qrels/test*.tsv) is refused.
     """
-    from mixlm.output import key_value_table, render
     from mixlm.training.pseudo_queries import write_pseudo_queries
 
     summary = write_pseudo_queries(corpus_dir, out_dir, max_queries=max_queries, seed=seed)
@@ -205,36 +219,34 @@ def pseudo_queries(corpus_dir, out_dir, max_queries, seed, output) -> None:
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False),
               help="a BEIR-layout folder")
 @click.option("--split", default="test", show_default=True)
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="the MixLM bundle (encoder vectors + ranker)")
+@bundle_option(help="the MixLM bundle (encoder vectors + ranker)")
 @click.option("--teacher", "teacher_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="bundle whose ranker reads text for the full-text and truncated rows  [default: --bundle]")
-@click.option("--rerank-depth", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--rerank-depth", type=click.IntRange(min=1), default=EVAL_RERANK_DEPTH, show_default=True,
               help="every method reranks each query's BM25 top-K")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="the first N judged queries only (the text rankers are slow on a CPU)")
-@click.option("--methods", default="bm25,random,dense,bm25+dense,truncated,fulltext,mixlm,final", show_default=True,
+@click.option("--methods", default=",".join(EVAL_METHODS), show_default=True,
               help="comma-separated subset (random: the mean of 20 seeded random orderings; final: MixLM fused "
                    "with BM25's scores by the bundle's fusion weights)")
-@click.option("--fulltext-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--fulltext-tokens", type=click.IntRange(min=1), default=FULLTEXT_TOKENS, show_default=True,
               help="item tokens the full-text ranker reads")
-@click.option("--truncate-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--truncate-tokens", type=click.IntRange(min=1), default=DEFAULT_TRUNCATE_TOKENS, show_default=True,
               help="item tokens the truncated-text ranker reads")
 @click.option("--save-runs", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="also write every method's scored candidates (TREC run format) to this file")
-@click.option("--output", "-o", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@output_option()
 @user_errors
 def evaluate(dataset, split, bundle_dir, teacher_dir, rerank_depth, max_queries, methods, fulltext_tokens,
              truncate_tokens, save_runs, output) -> None:
     """NDCG@10 (pytrec_eval) of BM25, dense retrieval vectors, text rankers, MixLM and the final score on one split."""
-    from mixlm.output import columns_table, render
     from mixlm.training.rerank_eval import evaluate as run_evaluation
 
     _quiet_transformers()
     report = run_evaluation(dataset, split, bundle_dir, teacher_dir=teacher_dir,
                             methods=[m.strip() for m in methods.split(",") if m.strip()], depth=rerank_depth,
                             max_queries=max_queries, fulltext_tokens=fulltext_tokens,
-                            truncate_tokens=truncate_tokens, log=_progress)
+                            truncate_tokens=truncate_tokens, log=echo_err)
     runs = report.pop("runs")
     if save_runs:
         _write_trec_runs(save_runs, runs)

@@ -7,27 +7,18 @@ be used. The teacher stage then continues this adapter instead of starting a fre
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from mixlm.encoders.bundle import Bundle, load_bundle
-from mixlm.encoders.lora import LoraConfig
+from mixlm.schemas.beir import read_corpus
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import read_corpus
+from mixlm.training.config import DomainConfig
 from mixlm.training.export import write_bundle
-from mixlm.training.run import LoopConfig, RunDir, seed_everything, train_loop
+from mixlm.training.run import RunDir, seed_everything, train_loop
 from mixlm.training.stages import named, trainable
-
-
-@dataclass(frozen=True)
-class DomainConfig:
-    dataset: str
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    ranker_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, top_layers=10))
-    docs_per_step: int = 4
-    max_tokens: int = 256
 
 
 def train_domain(bundle_dir: str | Path, run_dir: str | Path, config: DomainConfig, *, log=print) -> Bundle:

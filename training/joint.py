@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,63 +33,25 @@ from torch import nn
 
 from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.bundle import Bundle, load_bundle
-from mixlm.encoders.config import EncodingConfig, ProjectionConfig, RankerInputs, default_pooling
+from mixlm.encoders.config import EncodingConfig, ProjectionConfig, default_pooling
 from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
-from mixlm.encoders.lora import LoraConfig, add_lora
+from mixlm.encoders.lora import add_lora
 from mixlm.encoders.projection import init_interaction, init_projection
 from mixlm.ranker.model import MixedInputRanker
-from mixlm.schemas.errors import InputError
-from mixlm.training.beir import BeirDataset
+from mixlm.schemas.beir import BeirDataset
 from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, merged_candidates
+from mixlm.training.config import JointConfig
 from mixlm.training.export import write_bundle
 from mixlm.training.fusion_fit import fit_fusion
-from mixlm.training.losses import LossWeights, mixlm_loss
-from mixlm.training.run import LoopConfig, RunDir, seed_everything, train_loop
-from mixlm.training.stages import DataConfig, named, trainable, training_data
+from mixlm.training.losses import mixlm_loss
+from mixlm.training.run import RunDir, seed_everything, train_loop
+from mixlm.training.stages import named, trainable, training_data
 from mixlm.training.teacher import item_token_embeddings
 
 TARGETS_FILE = "targets.safetensors"
 ENCODED_FILE = "encoded.safetensors"
 DEV_REPORT = "dev.json"
-FULLTEXT_TARGETS = ("live", "teacher")
 DEV_RERANK_DEPTH = 100
-
-
-@dataclass(frozen=True)
-class JointConfig:
-    data: DataConfig
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=2e-3))
-    n_tokens: int = 1  # T_S
-    pooling: str | None = None  # default: last_k for T_S > 1, else the encoder kind's default
-    projection: str = "linear"
-    encoder_max_length: int | None = None  # default: the teacher bundle's
-    encoder_lora: LoraConfig | None = None  # None: the encoder stays frozen and is run once per text
-    ranker_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=16, alpha=32.0))
-    projection_lr_scale: float = 1.0  # the projection's and interaction's learning rate, relative
-    inputs: RankerInputs = field(default_factory=lambda: RankerInputs(query_vector=True, interaction=True))
-    end: str = " Relevant"  # the prompt's end: one token, so a candidate costs T_S + 1 positions
-    max_item_tokens: int = 256  # full item text for the teacher and alignment targets
-    teacher_negatives: int = 3  # per query, the hardest negatives that get teacher targets (with its positives)
-    dense_depth: int = 50  # hard negatives also come from the encoder's own top-K
-    fulltext_targets: str = "teacher"
-    phase1_fraction: float = 0.0
-    phase1: LossWeights = LossWeights(task=0.2, listwise=1.0, distill=0.5, align=1.0, align_kl=1.0, align_cos=1.0)
-    # No hidden-state alignment by default: the student starts from the base ranker, not from the
-    # teacher, so the teacher's hidden states live in another model's space.
-    phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.1, align=0.0, align_kl=1.0, align_cos=1.0)
-
-    def __post_init__(self) -> None:
-        if self.fulltext_targets not in FULLTEXT_TARGETS:
-            raise InputError(f"fulltext_targets must be one of {', '.join(FULLTEXT_TARGETS)}, "
-                             f"got {self.fulltext_targets!r}")
-        if not 0 <= self.phase1_fraction <= 1:
-            raise InputError(f"phase1_fraction must be in [0, 1], got {self.phase1_fraction}")
-        if self.fulltext_targets == "live" and self.inputs.interaction:
-            raise InputError("live full-text targets need a ranker without query-item interactions: the "
-                             "interaction belongs to embedding tokens, not to text")
-
-    def weights_at(self, step: int) -> LossWeights:
-        return self.phase1 if step < self.phase1_fraction * self.loop.steps else self.phase2
 
 
 def _student_bundle_config(teacher: Bundle, config: JointConfig):

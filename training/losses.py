@@ -13,10 +13,10 @@ terms average over the covered ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+
+from mixlm.training.config import LossWeights
 
 
 def bernoulli_kl(target: torch.Tensor, log_odds: torch.Tensor) -> torch.Tensor:
@@ -41,20 +41,11 @@ def alignment_loss(hidden: torch.Tensor, hidden_fulltext: torch.Tensor) -> torch
     return (1 - F.cosine_similarity(hidden.float(), hidden_fulltext.float(), dim=-1)).mean()
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    task: float = 1.0  # the weight of KL(p* || p); the curriculum's phases trade it against alignment
-    listwise: float = 0.0  # λ_l
-    distill: float = 1.0  # λ_d
-    align: float = 1.0  # λ_a
-    align_kl: float = 1.0  # α
-    align_cos: float = 1.0  # β
-
-
 def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds: torch.Tensor | None = None,
                fulltext_log_odds: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
-               hidden_fulltext: torch.Tensor | None = None, weights: LossWeights = LossWeights()) -> dict:
+               hidden_fulltext: torch.Tensor | None = None, weights: LossWeights | None = None) -> dict:
     """The stage-3 loss and its parts (each a scalar tensor); absent signals contribute nothing."""
+    weights = weights or LossWeights()
     parts = {"task": bernoulli_kl(labels, log_odds)}
     if weights.listwise:
         parts["listwise"] = listwise_loss(labels, log_odds)

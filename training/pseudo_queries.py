@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixlm.schemas.errors import InputError
-from mixlm.training.beir import Document, read_corpus
+from mixlm.schemas.beir import Document, read_corpus
+from mixlm.schemas.errors import InputError, PathNotFoundError
 
 MIN_TITLE_WORDS = 3
 MAX_TITLE_WORDS = 20
@@ -70,7 +70,7 @@ def write_pseudo_queries(corpus_dir: str | Path, out_dir: str | Path, *, max_que
     """
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if not corpus_dir.is_dir():
-        raise FileNotFoundError(f"corpus folder {corpus_dir} does not exist")
+        raise PathNotFoundError(f"corpus folder {corpus_dir} does not exist")
     refuse_evaluation_corpus(corpus_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(f"{out_dir} already exists and is not empty")

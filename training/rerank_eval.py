@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from mixlm.encoders.config import FusionConfig, RankerInputs
+from mixlm.ranker.defaults import DEFAULT_TRUNCATE_TOKENS
 from mixlm.ranker.fusion import fuse
+from mixlm.schemas.beir import BeirDataset
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import bm25_candidates
+from mixlm.training.config import EVAL_METHODS, EVAL_RERANK_DEPTH, FULLTEXT_TOKENS
 from mixlm.training.evaluation import ndcg_at_10
 
-METHODS = ("bm25", "random", "dense", "bm25+dense", "truncated", "fulltext", "mixlm", "final")
 RANDOM_SEEDS = 20
-DEFAULT_TRUNCATE_TOKENS = 64
 
 
 def _item_text(bundle, doc) -> str:
@@ -34,15 +34,15 @@ def _item_text(bundle, doc) -> str:
 
 
 def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, teacher_dir: str | Path | None = None,
-             methods: Sequence[str] = METHODS, depth: int = 100, max_queries: int | None = None,
-             fulltext_tokens: int | None = 256, truncate_tokens: int = DEFAULT_TRUNCATE_TOKENS,
+             methods: Sequence[str] = EVAL_METHODS, depth: int = EVAL_RERANK_DEPTH, max_queries: int | None = None,
+             fulltext_tokens: int | None = FULLTEXT_TOKENS, truncate_tokens: int = DEFAULT_TRUNCATE_TOKENS,
              log: Callable[[str], None] = lambda line: None) -> dict:
     """NDCG@10 per method (with seconds spent); ``teacher_dir`` defaults to ``bundle_dir``."""
     from mixlm.encoders.bundle import load_bundle
 
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(EVAL_METHODS))
     if unknown:
-        raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(EVAL_METHODS)}")
     bundle = load_bundle(bundle_dir)
     teacher = load_bundle(teacher_dir) if teacher_dir else bundle
     dataset = BeirDataset.load(dataset_dir, split).limit(max_queries)
@@ -53,7 +53,7 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
     runs: dict[str, dict] = {}
     seconds: dict[str, float] = {"bm25": time.monotonic() - started}
     runs["bm25"] = {q: dict(hits) for q, hits in candidates.items()}
-    wanted = [m for m in METHODS if m in methods]
+    wanted = [m for m in EVAL_METHODS if m in methods]
     random_ndcg = _random_orderings(dataset, candidates, runs) if "random" in wanted else None
     if {"dense", "bm25+dense", "mixlm", "final"} & set(wanted):
         started = time.monotonic()

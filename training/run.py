@@ -9,45 +9,22 @@ directory that has a checkpoint resumes it; a different config there is an error
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mixlm.schemas.errors import InputError
+from mixlm.training.config import LoopConfig
 
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    steps: int = 100
-    lr: float = 2e-4
-    warmup_steps: int = 10
-    grad_clip: float = 1.0
-    checkpoint_every: int = 25
-    log_every: int = 5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
-            raise InputError("steps, checkpoint_every and log_every must be >= 1")
-
-    def lr_at(self, step: int) -> float:
-        """Linear warmup, then cosine decay to a tenth of ``lr``."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def seed_everything(seed: int) -> None:

@@ -8,25 +8,15 @@ from pathlib import Path
 from torch import nn
 
 from mixlm.encoders.bundle import Bundle, load_bundle
-from mixlm.encoders.lora import LoraConfig, adapter_config, adapter_parameters, add_lora
+from mixlm.encoders.config import LoraConfig
+from mixlm.encoders.lora import adapter_config, adapter_parameters, add_lora
 from mixlm.ranker.model import MixedInputRanker
+from mixlm.schemas.beir import BeirDataset
 from mixlm.schemas.errors import InputError
-from mixlm.training.beir import BeirDataset
 from mixlm.training.candidates import GroupSampler, bm25_candidates
+from mixlm.training.config import DataConfig
 from mixlm.training.evaluation import guard_training_split
 from mixlm.training.run import RunDir, seed_everything
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    datasets: tuple[str, ...]  # BEIR folders, trained on together (their ids must not collide)
-    split: str = "train"
-    bm25_depth: int = 100  # hard negatives come from each query's BM25 top-K
-    group_size: int = 4  # candidates scored together per query
-    positives: int = 1  # judged relevant documents per group (at most)
-    queries_per_step: int = 4
-    max_queries: int | None = None  # use only the first N judged queries of the split
-    holdout_every: int | None = 8  # every N-th query (by id hash) is a dev query: never trained on
 
 
 def training_data(config: DataConfig, log) -> tuple[BeirDataset, BeirDataset | None]:

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from mixlm.encoders.bundle import Bundle
-from mixlm.encoders.lora import LoraConfig
+from mixlm.training.config import TeacherConfig
 from mixlm.training.export import write_bundle
 from mixlm.training.losses import bernoulli_kl
-from mixlm.training.run import LoopConfig, train_loop
-from mixlm.training.stages import DataConfig, named, start_ranking_stage
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    data: DataConfig
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    ranker_lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, top_layers=10))
-    max_item_tokens: int = 256  # the item text the teacher reads; longer items keep their beginning
+from mixlm.training.run import train_loop
+from mixlm.training.stages import named, start_ranking_stage
 
 
 def item_token_embeddings(ranker, bundle: Bundle, doc, max_tokens: int):

@@ -77,3 +77,15 @@ def test_chaos_bench_kills_the_consumer_and_finds_every_item_right(tiny_bundle, 
     assert report["items_checked"] == 60 and report["events"] == 409 and report["kills"] == 3
     assert report["jobs"] >= 4  # three killed runs and at least one that caught up
     assert report["dead_lettered"] >= 9  # every poison pill, once or more when replayed
+
+
+def test_the_plots_need_matplotlib_only_where_it_is_installed(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from mixlm.bench.cli import _with_plot
+
+    drawn = []
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the bench extra: import fails
+    assert _with_plot(lambda report, png: drawn.append(png), {}, tmp_path / "rank.json") == \
+        f"wrote {tmp_path / 'rank.json'}"
+    assert not drawn and "pip install 'mixlm[bench]'" in capsys.readouterr().err

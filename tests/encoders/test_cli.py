@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from mixlm.encoders.cli import bundle, models
+from mixlm.schemas.errors import EXIT_USAGE
 
 COMMANDS = [(bundle, []), (bundle, ["init"]), (bundle, ["show"]), (models, []), (models, ["fetch"]),
             (models, ["ls"])]
@@ -40,8 +41,8 @@ def test_bundle_init_from_folders_with_options(tiny_bundle, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["init", "--out", "OUT"], 1, "--tiny"),
-    (["init", "--out", "OUT", "--tiny", "--encoder", "x"], 1, "--tiny"),
+    (["init", "--out", "OUT"], EXIT_USAGE, "--tiny"),
+    (["init", "--out", "OUT", "--tiny", "--encoder", "x"], EXIT_USAGE, "--tiny"),
     (["init", "--out", "OUT", "--encoder", "nope", "--ranker", "nope"], 2, "nope"),
     (["init", "--out", "OUT", "--encoder", "minilm-l6", "--ranker", "smollm2-135m"], 2, "mixlm models fetch"),
     (["init", "--out", "OUT", "--tiny", "--n-tokens", "2", "--pooling", "last"], 1, "needs last_k"),

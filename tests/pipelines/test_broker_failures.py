@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from mixlm.pipelines.kafka_broker import EmbeddedBroker, free_port
+from mixlm.devbroker.broker import EmbeddedBroker, free_port
 from mixlm.store import EmbeddingStore
 from tests.pipelines.streams import assert_counts_add_up, event_script, produce
 

@@ -107,7 +107,7 @@ def test_cli_errors_are_one_line(tmp_path):
     missing = runner.invoke(produce, ["--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--input",
                                       str(tmp_path / "nope.jsonl")])
     assert missing.exit_code == 2 and missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
-    from mixlm.pipelines.kafka_broker import free_port
+    from mixlm.devbroker.broker import free_port
 
     unreachable = runner.invoke(produce, ["--bootstrap-servers", f"127.0.0.1:{free_port()}", "--topic", "t",
                                           "--input", str(path), "--timeout", "1"])

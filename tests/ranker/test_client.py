@@ -10,6 +10,7 @@ from mixlm.ranker.client import EncoderMismatchError, RankerClient
 from mixlm.ranker.model import MixedInputRanker
 from mixlm.ranker.text_baselines import FullTextRanker, TruncatedTextRanker
 from mixlm.schemas import EmbeddingRecord, ItemEvent
+from mixlm.schemas.errors import EXIT_USAGE
 from mixlm.store import EmbeddingStore
 from tests.factories import make_record
 
@@ -102,7 +103,7 @@ def test_rank_cli(tiny_bundle, store_path, tmp_path):
     table = CliRunner().invoke(main, [*base, "--candidates", str(candidates)])
     assert table.exit_code == 0 and "job-4" in table.stdout
     both = CliRunner().invoke(main, [*base])
-    assert both.exit_code == 2 and "exactly one" in both.stderr
+    assert both.exit_code == EXIT_USAGE and "exactly one" in both.stderr
     missing = CliRunner().invoke(main, [*base, "--candidates", str(tmp_path / "none.txt")])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
     over = CliRunner().invoke(main, [*base, "--items", "a,b,c", "--max-candidates", "2"])

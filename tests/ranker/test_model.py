@@ -244,3 +244,23 @@ def test_the_query_tokens_close_the_prefix_and_the_interaction_is_what_the_docs_
 def test_a_ranker_that_reads_query_vectors_refuses_a_call_without_them(reading_ranker):
     with pytest.raises(ValueError, match="query's embedding tokens"):
         reading_ranker.score("q", items(reading_ranker, 2, 1))
+
+
+def test_a_causal_lm_other_than_llama_ranks_too(tiny_bundle):
+    """GPT-2 keeps its transformer under ``.transformer``, not ``.model``: the ranker reaches it
+    through the portable ``base_model``, and every backend agrees with the reference."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mixlm.encoders.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(bundle.ranker_tokenizer), n_positions=256, n_embd=32,
+                                       n_layer=2, n_head=4, bos_token_id=None, eos_token_id=None))
+    gpt2 = MixedInputRanker(model, bundle.ranker_tokenizer, bundle.config.prompt, bundle.encoder_id)
+    assert gpt2.decoder is model.transformer
+    candidates = items(gpt2, 5, 2, seed=7)
+    naive = gpt2.score("data engineer", candidates, backend="naive").log_odds
+    for backend in ("amortized", "amortized-copy"):
+        np.testing.assert_allclose(gpt2.score("data engineer", candidates, backend=backend).log_odds, naive,
+                                   atol=1e-4, rtol=1e-4)

@@ -6,11 +6,13 @@ from click.testing import CliRunner
 
 from mixlm.cli import main
 from mixlm.encoders import ItemEncoder
-from mixlm.ranker.retrieval import BM25Index, VectorIndex, build_vector_index
+from mixlm.ranker.retrieval import BM25Index
 from mixlm.schemas import ItemEvent
+from mixlm.schemas.beir import read_corpus
+from mixlm.schemas.errors import EXIT_USAGE
 from mixlm.store import EmbeddingStore, StoreError
 from mixlm.store.cli import main as store_main
-from mixlm.training.beir import read_corpus
+from mixlm.store.index import VectorIndex, build_vector_index
 
 CORPUS = "data/adi/corpus.jsonl.gz"
 
@@ -50,7 +52,7 @@ def test_index_is_missing_until_built(tiny_bundle, tmp_path):
 
 def test_bm25_ranks_the_matching_document_first():
     docs = list(read_corpus(CORPUS))
-    index = BM25Index([d.doc_id for d in docs], [f"{d.title} {d.text}" for d in docs])
+    index = BM25Index([d.doc_id for d in docs], [d.full_text() for d in docs])
     target = docs[12]
     hits = index.search(target.title, 3)
     assert hits[0].item_id == target.doc_id
@@ -78,4 +80,4 @@ def test_search_cli_errors(tiny_bundle, searchable):
     path, _, _ = searchable
     result = CliRunner().invoke(main, ["search", "q", "--bundle", str(tiny_bundle), "--store", str(path),
                                        "--retriever", "bm25"])
-    assert result.exit_code == 2 and "--corpus" in result.stderr
+    assert result.exit_code == EXIT_USAGE and "--corpus" in result.stderr

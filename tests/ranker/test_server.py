@@ -28,6 +28,7 @@ from mixlm.ranker.serve_cli import ServerThread
 from mixlm.ranker.server import create_app
 from mixlm.ranker.service import bundle_client_factory
 from mixlm.schemas import EmbeddingRecord, ItemEvent, UnavailableError
+from mixlm.schemas.errors import EXIT_USAGE
 from mixlm.store import EmbeddingStore, StoreNotFoundError
 from tests.factories import make_record
 from tests.ranker.test_client import ITEMS
@@ -365,7 +366,7 @@ def test_rank_cli_through_the_server_prints_the_local_ranking(server, tiny_bundl
                                       "--query", "kafka", "--items", "job-1,ghost", "--top-k", "1"])
     assert table.exit_code == 0 and "job-1" in table.stdout and "missing from the store: ghost" in table.stdout
     both = CliRunner().invoke(main, [*base, "--server", server.url, "--bundle", str(tiny_bundle)])
-    assert both.exit_code == 2 and "exactly one of --bundle and --server" in both.stderr
+    assert both.exit_code == EXIT_USAGE and "exactly one of --bundle and --server" in both.stderr
     over = CliRunner().invoke(main, ["rank", "--server", server.url, "--auth-token-file", str(server.token_file),
                                      "--query", "q", "--items", ",".join(f"id-{n}" for n in range(21))])
     assert over.exit_code == 1 and "413" in over.stderr and "cap of 20" in over.stderr

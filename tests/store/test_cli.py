@@ -71,6 +71,20 @@ def test_every_command_has_help(cli):
         assert "Usage:" in result.output
 
 
+def test_store_goes_before_or_after_the_command(store_dir, tmp_path):
+    job_id = _job_id(store_dir)
+    before = invoke("--store", store_dir, "get", job_id, "-o", "json")
+    after = invoke("get", job_id, "--store", store_dir, "-o", "json")
+    assert before.exit_code == after.exit_code == 0, after.output
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    # after the command it wins over the group's (and over $MIXLM_STORE); commands deeper down take it too
+    moved = invoke("--store", tmp_path / "elsewhere", "jobs", "-o", "json", "--store", store_dir,
+                   env={"MIXLM_STORE": str(tmp_path / "env")})
+    assert moved.exit_code == 0 and json.loads(moved.stdout)[0]["job_id"] == job_id
+    assert invoke("stats", "-o", "json", env={"MIXLM_STORE": str(store_dir)}).exit_code == 0
+    assert_one_line_error(invoke("index", "build", "--store", tmp_path / "none"), 3, "does not exist")
+
+
 def test_get_table_json_and_yaml(store_dir):
     job_id = _job_id(store_dir)
     table = invoke("--store", store_dir, "get", job_id)
@@ -187,7 +201,7 @@ def test_load_errors(tmp_path):
 
 
 def test_dead_letters_lists_reason_source_and_raw(store_dir):
-    from mixlm.store.dead_letters import DeadLetter
+    from mixlm.schemas.dead_letter import DeadLetter
 
     store = EmbeddingStore.open(store_dir)
     job = store.jobs.create("stream", ENCODER)

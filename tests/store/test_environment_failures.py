@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from mixlm.cli import main as mixlm_main
+from mixlm.schemas.dead_letter import DeadLetter
 from mixlm.store import EmbeddingStore, SnapshotWriter
 from mixlm.store.cli import main as store_main
-from mixlm.store.dead_letters import DeadLetter
 from mixlm.store.environment import open_environment
 from tests.factories import make_record
 

@@ -8,16 +8,15 @@ SCIFACT = Path(__file__).resolve().parents[2] / "data" / "scifact"
 
 
 def small_data(**overrides):
-    from mixlm.training.stages import DataConfig
+    from mixlm.training.config import DataConfig
 
     settings = {"datasets": (str(SCIFACT),), "max_queries": 6, "group_size": 3, "queries_per_step": 2, "bm25_depth": 20}
     return DataConfig(**{**settings, **overrides})
 
 
 def teacher_config(steps=4, **data):
-    from mixlm.encoders.lora import LoraConfig
-    from mixlm.training.run import LoopConfig
-    from mixlm.training.teacher import TeacherConfig
+    from mixlm.encoders.config import LoraConfig
+    from mixlm.training.config import LoopConfig, TeacherConfig
 
     return TeacherConfig(small_data(**data), LoopConfig(steps=steps, lr=5e-3, warmup_steps=1, checkpoint_every=2,
                                                         log_every=1), LoraConfig(rank=4, alpha=8.0, top_layers=1),

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from mixlm.cli import main
-from mixlm.training.beir import BeirDataset
+from mixlm.schemas.beir import BeirDataset
 from mixlm.training.candidates import bm25_candidates
 from mixlm.training.evaluation import ndcg_at_10
 

@@ -1,6 +1,6 @@
 import pytest
 
-from mixlm.training.beir import BeirDataset, read_qrels
+from mixlm.schemas.beir import BeirDataset, read_qrels
 from mixlm.training.candidates import GroupSampler, bm25_candidates, max_grade, soft_label
 
 from .conftest import SCIFACT

@@ -20,7 +20,7 @@ def _ranker(bundle):
 
 def _hidden(model, ids):
     with torch.no_grad():
-        return model.model(input_ids=ids).last_hidden_state
+        return model.base_model(input_ids=ids).last_hidden_state
 
 
 def test_a_fresh_adapter_changes_nothing_and_only_it_trains(tiny_bundle):

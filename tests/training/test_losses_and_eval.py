@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+from mixlm.training.config import LossWeights
 from mixlm.training.evaluation import SplitLeakError, guard_training_split, ndcg_at_10
-from mixlm.training.losses import LossWeights, alignment_loss, bernoulli_kl, mixlm_loss
+from mixlm.training.losses import alignment_loss, bernoulli_kl, mixlm_loss
 
 
 def kl_by_hand(p_star: float, p: float) -> float:

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mixlm.cli import main
-from mixlm.training.beir import BeirDataset, Document
+from mixlm.schemas.beir import BeirDataset, Document
 from mixlm.training.pseudo_queries import EvaluationCorpusError, pseudo_pair, write_pseudo_queries
 
 BODY = " ".join(f"word{n}" for n in range(40))

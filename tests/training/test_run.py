@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mixlm.training.run import LoopConfig, RunDir, train_loop
+from mixlm.training.config import LoopConfig
+from mixlm.training.run import RunDir, train_loop
 
 
 def _train(run_dir, stop_at=None):

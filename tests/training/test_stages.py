@@ -7,17 +7,17 @@ import torch
 
 from mixlm.encoders import ItemEncoder
 from mixlm.encoders.bundle import load_bundle
-from mixlm.encoders.lora import LoraConfig
+from mixlm.encoders.config import LoraConfig
 from mixlm.ranker.client import RankerClient
 from mixlm.ranker.model import MixedInputRanker
 from mixlm.ranker.text_baselines import FullTextRanker
 from mixlm.schemas import ItemEvent
 from mixlm.store import EmbeddingStore
 from mixlm.training.candidates import Group
+from mixlm.training.config import JointConfig, LoopConfig, LossWeights
 from mixlm.training.evaluation import SplitLeakError
-from mixlm.training.joint import JointConfig, train_joint
-from mixlm.training.losses import LossWeights, bernoulli_kl
-from mixlm.training.run import LoopConfig
+from mixlm.training.joint import train_joint
+from mixlm.training.losses import bernoulli_kl
 from mixlm.training.stages import training_data, training_sampler
 from mixlm.training.teacher import train_teacher
 
@@ -188,7 +188,7 @@ def test_the_beam_backfill_writes_a_trained_bundle_s_vectors(student, tmp_path):
     from click.testing import CliRunner
 
     from mixlm.cli import main
-    from mixlm.training.beir import read_corpus
+    from mixlm.schemas.beir import read_corpus
 
     from .conftest import SCIFACT
 

@@ -1,39 +1,17 @@
-"""``mixlm kafka up|down|status``: the embedded broker (Tansu) as a background daemon.
-
-``produce`` (``mixlm produce``) lives in ``mixlm.pipelines.produce`` and is re-exported here.
-"""
+"""``mixlm kafka up|down|status``: the embedded broker (Tansu) as a background daemon."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
-from mixlm.errors import fail
-from mixlm.output import key_value_table, output_option, render
-from mixlm.pipelines.produce import produce
-
-__all__ = ["kafka", "produce"]
+from mixlm.errors import user_errors
+from mixlm.output import echo_err, key_value_table, output_option, render
 
 _state_option = click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None, envvar="MIXLM_KAFKA_STATE_DIR",
     show_envvar=True, help="where the pid file, port and log live (default: $MIXLM_HOME/kafka)")
-
-
-def _broker_errors(func):
-    """BrokerError as one line and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from mixlm.pipelines.kafka_broker import BrokerError
-
-        try:
-            return func(*args, **kwargs)
-        except BrokerError as exc:
-            fail(str(exc))
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,29 +28,29 @@ def kafka() -> None:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.5), default=20.0, show_default=True,
               help="seconds to wait for the broker to answer")
 @_state_option
-@_broker_errors
+@user_errors
 def up(port: int | None, timeout_s: float, state_dir: Path | None) -> None:
     """Start the broker in the background; prints its bootstrap address (127.0.0.1:PORT).
 
     Idempotent: when one already runs for this state directory, prints its address.
     """
-    from mixlm.pipelines.kafka_broker import start_daemon
+    from mixlm.devbroker.broker import start_daemon
 
     state, started = start_daemon(port, state_dir, ready_timeout=timeout_s)
     if not started:
         note = f"already running (pid {state.pid})"
         if port is not None and port != state.port:
             note += f"; --port {port} ignored, run `mixlm kafka down` first to change it"
-        click.echo(note, err=True)
+        echo_err(note)
     click.echo(state.bootstrap_servers)
 
 
 @kafka.command()
 @_state_option
-@_broker_errors
+@user_errors
 def down(state_dir: Path | None) -> None:
     """Stop the background broker (SIGTERM, then SIGKILL). Its topics are gone: storage is in memory."""
-    from mixlm.pipelines.kafka_broker import stop_daemon
+    from mixlm.devbroker.broker import stop_daemon
 
     state = stop_daemon(state_dir)
     click.echo(f"stopped (pid {state.pid}, {state.bootstrap_servers})" if state else "not running")
@@ -81,10 +59,10 @@ def down(state_dir: Path | None) -> None:
 @kafka.command()
 @_state_option
 @output_option()
-@_broker_errors
+@user_errors
 def status(state_dir: Path | None, output: str) -> None:
     """Whether the background broker runs, and where. Exit code 0 either way."""
-    from mixlm.pipelines import kafka_broker as kb
+    from mixlm.devbroker import broker as kb
 
     state = kb.daemon_status(state_dir)
     data = {

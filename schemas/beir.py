@@ -1,4 +1,8 @@
-"""Reading BEIR-layout collections: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+"""Reading BEIR-layout collections: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+The data contract of judged collections, shared by training, evaluation, ``mixlm search`` and the
+benchmarks. (The backfill reads a BEIR corpus too, line by line, in ``mixlm.pipelines.sources``.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixlm.schemas.errors import InputError
+from mixlm.schemas.errors import InputError, PathNotFoundError
+from mixlm.schemas.item_event import DEFAULT_ITEM_TEMPLATE, render_item
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,11 @@ class Document:
     doc_id: str
     title: str
     text: str
+
+    def full_text(self, template: str = DEFAULT_ITEM_TEMPLATE) -> str:
+        """Title and text as one text: what BM25 indexes and text rankers read (a bundle's own
+        ``item_template`` where one is given, as the encoder renders a backfilled item)."""
+        return render_item(self.title, self.text, template)
 
 
 def read_corpus(path: str | Path, limit: int | None = None) -> Iterator[Document]:
@@ -46,7 +56,7 @@ def read_qrels(dataset_dir: str | Path, split: str) -> dict[str, dict[str, int]]
     path = Path(dataset_dir) / "qrels" / f"{split}.tsv"
     if not path.is_file():
         available = sorted(p.stem for p in (Path(dataset_dir) / "qrels").glob("*.tsv"))
-        raise FileNotFoundError(f"{dataset_dir} has no {split} judgments (qrels/{split}.tsv); "
+        raise PathNotFoundError(f"{dataset_dir} has no {split} judgments (qrels/{split}.tsv); "
                                 f"splits there: {', '.join(available) or 'none'}")
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8") as lines:
@@ -74,7 +84,7 @@ class BeirDataset:
     def load(cls, dataset_dir: str | Path, split: str) -> BeirDataset:
         dataset_dir = Path(dataset_dir)
         if not dataset_dir.is_dir():
-            raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")
+            raise PathNotFoundError(f"dataset folder {dataset_dir} does not exist")
         qrels = read_qrels(dataset_dir, split)
         queries = read_queries(dataset_dir)
         judged = {q: docs for q, docs in qrels.items() if q in queries and docs}

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from mixlm.pipelines.kafka_broker import (
+from mixlm.devbroker.broker import (
     PID_FILE,
     STATE_FILE,
     BrokerError,
@@ -24,7 +24,7 @@ from mixlm.pipelines.kafka_broker import (
     stop_daemon,
     tansu_binary,
 )
-from mixlm.pipelines.kafka_cli import kafka
+from mixlm.devbroker.cli import kafka
 from tests.pipelines.streams import read_topic
 
 

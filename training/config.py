@@ -1,0 +1,118 @@
+"""The settings of the training stages: plain dataclasses, no torch.
+
+The commands take their defaults from here (``mixlm train ... --help`` stays instant), and a
+run directory keeps them as ``config.json``: a resumed run must have the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mixlm.encoders.config import LoraConfig, RankerInputs
+from mixlm.schemas.errors import InputError
+
+FULLTEXT_TOKENS = 256  # item text tokens a full-text ranker reads (the teacher, its targets, the eval's row)
+FULLTEXT_TARGETS = ("live", "teacher")
+# mixlm eval: the methods it compares, and the BM25 candidates each of them reranks
+EVAL_METHODS = ("bm25", "random", "dense", "bm25+dense", "truncated", "fulltext", "mixlm", "final")
+EVAL_RERANK_DEPTH = 100
+TEXT_RANKER_LORA = LoraConfig(rank=8, alpha=16.0, top_layers=10)  # stages 1 and 2: the ranker's last 10 blocks
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int = 100
+    lr: float = 2e-4
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    checkpoint_every: int = 25
+    log_every: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise InputError("steps, checkpoint_every and log_every must be >= 1")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then cosine decay to a tenth of ``lr``."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    datasets: tuple[str, ...]  # BEIR folders, trained on together (their ids must not collide)
+    split: str = "train"
+    bm25_depth: int = 100  # hard negatives come from each query's BM25 top-K
+    group_size: int = 4  # candidates scored together per query
+    positives: int = 1  # judged relevant documents per group (at most)
+    queries_per_step: int = 4
+    max_queries: int | None = None  # use only the first N judged queries of the split
+    holdout_every: int | None = 8  # every N-th query (by id hash) is a dev query: never trained on
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    task: float = 1.0  # the weight of KL(p* || p); the curriculum's phases trade it against alignment
+    listwise: float = 0.0  # λ_l
+    distill: float = 1.0  # λ_d
+    align: float = 1.0  # λ_a
+    align_kl: float = 1.0  # α
+    align_cos: float = 1.0  # β
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    dataset: str
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    ranker_lora: LoraConfig = TEXT_RANKER_LORA
+    docs_per_step: int = 4
+    max_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    data: DataConfig
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    ranker_lora: LoraConfig = TEXT_RANKER_LORA
+    max_item_tokens: int = FULLTEXT_TOKENS  # the item text the teacher reads; longer items keep their beginning
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    data: DataConfig
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=2e-3))
+    n_tokens: int = 1  # T_S
+    pooling: str | None = None  # default: last_k for T_S > 1, else the encoder kind's default
+    projection: str = "linear"
+    encoder_max_length: int | None = None  # default: the teacher bundle's
+    encoder_lora: LoraConfig | None = None  # None: the encoder stays frozen and is run once per text
+    ranker_lora: LoraConfig = LoraConfig(rank=16, alpha=32.0)  # a fresh adapter on every block
+    projection_lr_scale: float = 1.0  # the projection's and interaction's learning rate, relative
+    inputs: RankerInputs = RankerInputs(query_vector=True, interaction=True)
+    end: str = " Relevant"  # the prompt's end: one token, so a candidate costs T_S + 1 positions
+    max_item_tokens: int = FULLTEXT_TOKENS  # full item text for the teacher and alignment targets
+    teacher_negatives: int = 3  # per query, the hardest negatives that get teacher targets (with its positives)
+    dense_depth: int = 50  # hard negatives also come from the encoder's own top-K
+    fulltext_targets: str = "teacher"
+    phase1_fraction: float = 0.0
+    phase1: LossWeights = LossWeights(task=0.2, listwise=1.0, distill=0.5, align=1.0, align_kl=1.0, align_cos=1.0)
+    # No hidden-state alignment by default: the student starts from the base ranker, not from the
+    # teacher, so the teacher's hidden states live in another model's space.
+    phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.1, align=0.0, align_kl=1.0, align_cos=1.0)
+
+    def __post_init__(self) -> None:
+        if self.fulltext_targets not in FULLTEXT_TARGETS:
+            raise InputError(f"fulltext_targets must be one of {', '.join(FULLTEXT_TARGETS)}, "
+                             f"got {self.fulltext_targets!r}")
+        if not 0 <= self.phase1_fraction <= 1:
+            raise InputError(f"phase1_fraction must be in [0, 1], got {self.phase1_fraction}")
+        if self.fulltext_targets == "live" and self.inputs.interaction:
+            raise InputError("live full-text targets need a ranker without query-item interactions: the "
+                             "interaction belongs to embedding tokens, not to text")
+
+    def weights_at(self, step: int) -> LossWeights:
+        return self.phase1 if step < self.phase1_fraction * self.loop.steps else self.phase2
