@@ -117,7 +117,9 @@ class RankerClient:
                 if self.uses_dense and lookup.item_ids:
                     dense = lookup.retrieval_vectors.astype(np.float64) @ query.retrieval_vector.astype(np.float64)
             final = fuse(self.fusion, score.log_odds, first_stage=first_stage, dense=dense)
-            results.append(RankResult([ScoredItem(item_id, float(f), float(p), float(lo)) for item_id, f, p, lo in
+            titles = self.store.titles(self.ranker.encoder_id, lookup.item_ids)
+            results.append(RankResult([ScoredItem(item_id, float(f), float(p), float(lo), titles.get(item_id, ""))
+                                       for item_id, f, p, lo in
                                        zip(lookup.item_ids, final, score.p_yes, score.log_odds, strict=True)],
                                       lookup.missing))
         return results

@@ -21,6 +21,7 @@ from mixlm.schemas.lmdb_value import (
     PAYLOAD_OFFSET,
     ValueHeader,
     decode_header,
+    decode_title,
     decode_value,
     encode_value,
     lookup_fields,
@@ -230,6 +231,27 @@ class EmbeddingStore:
                 if value is not None:
                     with contextlib.suppress(CorruptRecordError):
                         out[item_id] = decode_header(value, key)
+        return out
+
+    def titles(self, encoder_id: str, item_ids: Sequence[str]) -> dict[str, str]:
+        """The display titles of the live items among ``item_ids``, verified, in one read transaction.
+
+        Records written before titles were kept (value schema 1 and 2) have an empty title.
+        """
+        out: dict[str, str] = {}
+        prefix = encoder_id.encode() + _SEP
+        with self._env.read() as txn:
+            for item_id in item_ids:
+                key = prefix + item_id.encode("utf-8")
+                value = txn.get(key, db=self._records)
+                if value is None:
+                    continue
+                try:
+                    deleted, title = decode_title(value, key)
+                except CorruptRecordError as exc:
+                    raise CorruptItemError(encoder_id, item_id, str(exc)) from None
+                if not deleted:
+                    out[item_id] = title
         return out
 
     def get_many(self, encoder_id: str, item_ids: Sequence[str], *, dtype: str | None = None,

@@ -39,6 +39,7 @@ def test_score_keeps_request_order_and_lists_missing(client):
     for item in result.items:
         assert 0 < item.p_yes < 1 and item.p_yes == pytest.approx(1 / (1 + np.exp(-item.log_odds)), rel=1e-6)
         assert item.score == item.log_odds  # no first-stage scores: the final score is MixLM alone
+    assert [item.title for item in result.items] == ["Title 3", "Title 1"]  # the display titles, from the store
 
 
 def test_scores_equal_the_ranker_on_the_stored_vectors(client):
@@ -99,8 +100,11 @@ def test_rank_cli(tiny_bundle, store_path, tmp_path):
     assert len(data["items"]) == 1 and data["missing"] == ["ghost"] and data["items"][0]["rank"] == 1
     candidates = tmp_path / "ids.txt"
     candidates.write_text("job-1\njob-4\n\n")
+    assert data["items"][0]["title"] in ("Title 1", "Title 2")
     table = CliRunner().invoke(main, [*base, "--candidates", str(candidates)])
     assert table.exit_code == 0 and "job-4" in table.stdout
+    assert table.stdout.splitlines()[0].split() == ["RANK", "ITEM_ID", "P_YES", "LOG_ODDS", "TITLE"]
+    assert "Title 4" in table.stdout
     both = CliRunner().invoke(main, [*base])
     assert both.exit_code == 2 and "exactly one" in both.stderr
     missing = CliRunner().invoke(main, [*base, "--candidates", str(tmp_path / "none.txt")])

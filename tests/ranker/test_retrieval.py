@@ -8,6 +8,7 @@ from mixlm.cli import main
 from mixlm.encoders import ItemEncoder
 from mixlm.ranker.retrieval import BM25Index, VectorIndex, build_vector_index
 from mixlm.schemas import ItemEvent
+from mixlm.schemas.item_event import display_title
 from mixlm.store import EmbeddingStore, StoreError
 from mixlm.store.cli import main as store_main
 from mixlm.training.beir import read_corpus
@@ -72,6 +73,11 @@ def test_search_cli_retrieves_and_reranks(tiny_bundle, searchable, retriever):
     if retriever == "bm25":
         assert docs[3].doc_id in {r["item_id"] for r in rows}
     assert np.isfinite([r["first_stage"] for r in rows]).all()
+    by_id = {d.doc_id: d for d in docs}
+    assert all(r["title"] == display_title(by_id[r["item_id"]].title, by_id[r["item_id"]].text) for r in rows)
+    table = CliRunner().invoke(main, args[:-2])
+    assert table.stdout.splitlines()[0].split() == ["RANK", "ITEM_ID", "SCORE", "P_YES", "FIRST_STAGE", "TITLE"]
+    assert all(len(line) < 150 for line in table.stdout.splitlines())  # titles cut to fit a table
 
 
 def test_search_cli_errors(tiny_bundle, searchable):
