@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -111,6 +112,24 @@ def test_rank_cli(tiny_bundle, store_path, tmp_path):
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
     over = CliRunner().invoke(main, [*base, "--items", "a,b,c", "--max-candidates", "2"])
     assert over.exit_code == 1 and "cap of 2" in over.stderr and "Traceback" not in over.output
+
+
+def test_rank_cli_keeps_third_party_progress_bars_and_warnings_out_unless_verbose(tiny_bundle, store_path):
+    """A process of its own: loading the models prints transformers' "Loading weights" bar only with -v."""
+    import subprocess
+    import sys
+
+    def run(*flags):
+        command = [sys.executable, "-c", "from mixlm.cli import main; main()", *flags, "rank", "--bundle",
+                   str(tiny_bundle), "--store", str(store_path), "--query", "kafka", "--items", "job-1,job-2"]
+        switches = ("TQDM_", "TRANSFORMERS_", "HF_HUB_", "PYTHONWARN")  # an in-process `mixlm` may have set them
+        env = {k: v for k, v in os.environ.items() if not k.startswith(switches)}
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    quiet, verbose = run(), run("-v")
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert quiet.stderr == "" and "Title 1" in quiet.stdout
+    assert "Loading weights" in verbose.stderr and verbose.stdout == quiet.stdout
 
 
 def test_score_many_equals_one_by_one(client):
