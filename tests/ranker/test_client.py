@@ -80,6 +80,30 @@ def test_encoder_mismatch_is_refused(tiny_bundle, tmp_path):
     with pytest.raises(EncoderMismatchError, match=ranker.encoder_id):
         RankerClient(ranker, other, encoder_id="enc-somebody-else")
 
+    # no active encoder: still refused, naming the bundle's encoder, the store's encoders and the fix
+    unpromoted = EmbeddingStore.open(tmp_path / "unpromoted", create=True)
+    unpromoted.put_many([make_record("x", 1, encoder_id="enc-a", dim=64), make_record("x", 1, encoder_id="enc-b",
+                                                                                         dim=64)])
+    with pytest.raises(EncoderMismatchError) as caught:
+        RankerClient(ranker, unpromoted)
+    for fragment in (ranker.encoder_id, "enc-a, enc-b", "backfill", "--bundle", "or use the bundle of one of them"):
+        assert fragment in str(caught.value)
+    empty = EmbeddingStore.open(tmp_path / "empty", create=True)
+    with pytest.raises(EncoderMismatchError, match="holds no records"):
+        RankerClient(ranker, empty)
+
+
+@pytest.mark.parametrize("command", [["rank", "--query", "q", "--items", "x"], ["search", "q"]])
+def test_rank_and_search_with_a_bundle_of_another_encoder_fail_with_what_to_do(tiny_bundle, tmp_path, command):
+    other = EmbeddingStore.open(tmp_path / "other", create=True)
+    other.put_many([make_record("x", 1, encoder_id="enc-somebody-else", dim=64)])
+    result = CliRunner().invoke(main, [*command, "--bundle", str(tiny_bundle), "--store", str(other.root)])
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.strip().splitlines()
+    encoder_id = MixedInputRanker.from_bundle(tiny_bundle).encoder_id
+    assert line.startswith("mixlm: error: ") and encoder_id in line and "enc-somebody-else" in line
+    assert "backfill the store with this bundle" in line and "Traceback" not in result.output
+
 
 def test_text_baselines(client):
     texts = [text for _, text in list(ITEMS.values())[:4]]

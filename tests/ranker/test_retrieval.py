@@ -85,3 +85,12 @@ def test_search_cli_errors(tiny_bundle, searchable):
     result = CliRunner().invoke(main, ["search", "q", "--bundle", str(tiny_bundle), "--store", str(path),
                                        "--retriever", "bm25"])
     assert result.exit_code == 2 and "--corpus" in result.stderr
+
+
+
+def test_search_checks_its_options_before_loading_any_model(tmp_path):
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    result = CliRunner().invoke(main, ["search", "q", "--bundle", str(not_a_bundle), "--store", str(tmp_path / "s"),
+                                       "--retriever", "bm25"])
+    assert result.exit_code == 2 and "--retriever bm25 needs --corpus" in result.stderr
