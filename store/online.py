@@ -197,17 +197,25 @@ class EmbeddingStore:
             return None if value is None else bytes(value).decode()
 
     def resolve_encoder(self, encoder_id: str | None) -> str:
-        """The given encoder id, or the active one; a clear error when there is neither."""
+        """The given encoder id, which must have records here; else the active encoder; else, when the
+        store holds records of one encoder only, that one. A clear error when there is none of these."""
         if encoder_id:
-            return check_encoder_id(encoder_id)
+            check_encoder_id(encoder_id)
+            if not self._has_records(encoder_id):  # reads only the way to its first key
+                known = ", ".join(self.encoders()) or "none"
+                raise EncoderNotFoundError(f"unknown encoder {encoder_id!r}: {self.root} has no records of it "
+                                           f"(encoders in store: {known})")
+            return encoder_id
         active = self.active_encoder()
-        if active is None:
-            known = ", ".join(self.encoders()) or "none"
-            raise EncoderNotFoundError(
-                f"no active encoder in {self.root}; pass --encoder (encoders in store: {known}) "
-                "or run 'mixlm-store promote <encoder_id>'"
-            )
-        return active
+        if active is not None:
+            return active
+        held = self.encoders()
+        if len(held) == 1:
+            return held[0]
+        raise EncoderNotFoundError(
+            f"no active encoder in {self.root}; pass --encoder (encoders in store: {', '.join(held) or 'none'}) "
+            "or run 'mixlm-store promote <encoder_id>'"
+        )
 
     def get(self, encoder_id: str, item_id: str) -> EmbeddingRecord | None:
         """The stored record, tombstones included; None when the item was never written."""
