@@ -110,6 +110,8 @@ def store_mismatches(store, encoder_id: str, expected: dict) -> list[str]:
             problems.append(f"{item_id}: {state} at version {record.item_version}, expected live {event.version}")
         elif record.content_hash != event.content_hash():
             problems.append(f"{item_id}: content hash differs at version {record.item_version}")
+        elif record.title != event.display_title():
+            problems.append(f"{item_id}: display title {record.title!r} differs at version {record.item_version}")
     return problems
 
 

@@ -11,6 +11,9 @@ from mixlm.output import columns_table, echo_err
 from mixlm.ranker.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS, DEFAULT_TRUNCATE_TOKENS
 
 RESULTS_DIR = Path("bench/results")
+# Every default input is in the repository, so a clone reproduces a run; docs/benchmarks.md says
+# which figures were measured on other corpora (passed with --corpus).
+DEFAULT_CORPUS = Path("data/scifact/corpus.jsonl.gz")
 MAIN_LABEL = "mixlm_amortized"
 
 
@@ -39,24 +42,17 @@ def store_command(items: int, dim: int, lookup_size: int, lookups: int, out: Pat
     click.echo(f"wrote {out}")
 
 
-def _default_corpus() -> Path:
-    """Long real job postings where ../shared has them (not shipped: no licence), else SciFact."""
-    postings = Path("../shared/data/job_postings/glassdoor_ds_jobs_kaggle/corpus.jsonl.gz")
-    return postings if postings.is_file() else Path("data/scifact/corpus.jsonl.gz")
-
-
 @bench.command("backfill")
 @bundle_option()
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="BEIR corpus.jsonl[.gz] (default: job postings from ../shared, else SciFact)")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_CORPUS,
+              show_default=True, help="BEIR corpus.jsonl[.gz]")
 @click.option("--items", type=click.IntRange(min=10), default=2_000, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               default=RESULTS_DIR / "backfill.json", show_default=True)
-def backfill_command(bundle_dir: str, corpus: Path | None, items: int, out: Path) -> None:
+def backfill_command(bundle_dir: str, corpus: Path, items: int, out: Path) -> None:
     """Backfill throughput against the raw encoder loop, same model and items, one run."""
     from mixlm.bench.pipeline_bench import run_backfill_bench
 
-    corpus = corpus or _default_corpus()
     result = run_backfill_bench(bundle_dir, corpus, n_items=items, log=echo_err)
     _report_one("backfill", result, bundle_dir, corpus, out)
 
@@ -64,7 +60,7 @@ def backfill_command(bundle_dir: str, corpus: Path | None, items: int, out: Path
 @bench.command("dask-backfill")
 @bundle_option()
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=Path("data/scifact/corpus.jsonl.gz"), show_default=True, help="BEIR corpus.jsonl[.gz]")
+              default=DEFAULT_CORPUS, show_default=True, help="BEIR corpus.jsonl[.gz]")
 @click.option("--items", type=click.IntRange(min=100), default=5_000, show_default=True)
 @click.option("--workers", default="1,2", show_default=True, help="Dask cluster sizes (worker processes)")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
@@ -109,16 +105,16 @@ def _report_one(name: str, result: dict, bundle_dir: str, corpus: Path, out: Pat
 
 @bench.command("freshness")
 @bundle_option()
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_CORPUS,
+              show_default=True, help="BEIR corpus.jsonl[.gz]")
 @click.option("--rate", type=click.FloatRange(min=0.1), default=20.0, show_default=True, help="events per second")
 @click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               default=RESULTS_DIR / "freshness.json", show_default=True)
-def freshness_command(bundle_dir: str, corpus: Path | None, rate: float, seconds: float, out: Path) -> None:
+def freshness_command(bundle_dir: str, corpus: Path, rate: float, seconds: float, out: Path) -> None:
     """Streaming freshness: produce at a fixed rate, time until each item is readable in LMDB."""
     from mixlm.bench.pipeline_bench import run_freshness_bench
 
-    corpus = corpus or _default_corpus()
     result = run_freshness_bench(bundle_dir, corpus, rate_per_s=rate, seconds=seconds,
                                  log=echo_err)
     _report_one("freshness", result, bundle_dir, corpus, out)
@@ -201,8 +197,8 @@ def stream_group_command(bundle_dir, corpus, consumers, rate, seconds, burst, pa
 
 @bench.command("rank")
 @bundle_option()
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="BEIR corpus of long items (default: job postings from ../shared, else SciFact)")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_CORPUS,
+              show_default=True, help="BEIR corpus of long items")
 @click.option("--sizes", default="50,250", show_default=True, help="candidates per request")
 @click.option("--queries-per-forward", "queries", default="1,4", show_default=True,
               help="requests served together per forward pass (the batching sweep)")
@@ -235,7 +231,6 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
 
     if threads:
         torch.set_num_threads(threads)
-    corpus = corpus or _default_corpus()
     report = run_rank_bench(bundle_dir, corpus, sizes=tuple(int(s) for s in sizes.split(",")),
                             queries_per_forward=tuple(int(q) for q in queries.split(",")), requests=requests,
                             dtypes=tuple(dtypes.split(",")), copy_backend=copy_backend, legacy=legacy,
@@ -261,9 +256,9 @@ def rank_command(bundle_dir, corpus, sizes, queries, requests, p99_budget_ms, tr
 
 @bench.command("serve")
 @bundle_option()
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="BEIR corpus: the first max(sizes) items are backfilled into a temporary store, titles of "
-                   "later ones are the queries (default: job postings from ../shared, else SciFact)")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_CORPUS,
+              show_default=True, help="BEIR corpus: the first max(sizes) items are backfilled into a temporary "
+                                      "store, titles of later ones are the queries")
 @click.option("--sizes", default="50,250", show_default=True, help="candidates per request")
 @click.option("--concurrency", default="1,4,16", show_default=True, help="concurrent callers")
 @click.option("--requests", type=click.IntRange(min=1), default=32, show_default=True,
@@ -281,7 +276,6 @@ def serve_command(bundle_dir, corpus, sizes, concurrency, requests, max_seconds,
     from mixlm.bench.serve_bench import plot, run_serve_bench
     from mixlm.bench.store_bench import machine, write_report
 
-    corpus = corpus or _default_corpus()
     report = run_serve_bench(bundle_dir, corpus, sizes=tuple(int(s) for s in sizes.split(",")),
                              concurrency=tuple(int(c) for c in concurrency.split(",")), requests=requests,
                              max_seconds=max_seconds, batch_wait_ms=batch_wait_ms, batch_size=batch_size,

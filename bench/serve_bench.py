@@ -301,7 +301,8 @@ class ServeProcess:
     def __enter__(self) -> ServeProcess:
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
-        threading.Thread(target=self._drain, name="mixlm-serve-log", daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, name="mixlm-serve-log", daemon=True)
+        self._drainer.start()
         try:
             self._wait_ready(time.monotonic() + SERVER_START_TIMEOUT_S)
         except BaseException:
@@ -348,14 +349,18 @@ class ServeProcess:
         return float(values.get("sum", 0)), float(values.get("count", 0))
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drainer.join(10)  # it reads the log to its end, which comes with the server's exit
+        if not self._drainer.is_alive():
+            self.proc.stderr.close()
 
 
 def plot(report: dict, out: Path) -> None:

@@ -127,11 +127,12 @@ class ItemEncoder:
 
 def to_record(event: ItemEvent, item: EncodedItem, encoder_id: str, *, job_id: str = "",
               encoded_at: float | None = None) -> EmbeddingRecord:
-    """An upsert event and its encoding -> the store's record (version and content hash from the event)."""
+    """An upsert event and its encoding -> the store's record (version, content hash and display title
+    from the event)."""
     if event.is_delete:
         raise ValueError(f"item {event.item_id!r}: a delete event has nothing to encode; store a tombstone")
     return EmbeddingRecord(item_id=event.item_id, item_version=event.version, encoder_id=encoder_id,
                            content_hash=event.content_hash(), vectors=item.vectors,
                            retrieval_vector=item.retrieval_vector, source_tokens=item.source_tokens,
                            truncated=item.truncated, job_id=job_id,
-                           encoded_at=time.time() if encoded_at is None else encoded_at)
+                           encoded_at=time.time() if encoded_at is None else encoded_at, title=event.display_title())

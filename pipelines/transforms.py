@@ -91,9 +91,10 @@ class ClassifyAgainstStore(beam.DoFn):
     encoded: with a newer version its stored vectors are rewritten under that version (so a
     late, older event cannot win), otherwise it is ``unchanged``. Events older than or equal
     to the stored version are ``stale`` before any encoding is spent on them. Catalog rows
-    without versions (``auto_version``) are compared by content alone. A stored record that
-    fails its checksum counts as absent (``get_headers`` leaves it out): its version cannot be
-    trusted, so the event is encoded and the sink's write replaces the record.
+    without versions (``auto_version``) are compared by content alone, except that a record
+    stored without a display title gets one (a newer version of the same vectors). A stored
+    record that fails its checksum counts as absent (``get_headers`` leaves it out): its version
+    cannot be trusted, so the event is encoded and the sink's write replaces the record.
     """
 
     def __init__(self, store_path: str, encoder_id: str, job_id: str):
@@ -120,7 +121,7 @@ class ClassifyAgainstStore(beam.DoFn):
             return
         same_content = header is not None and not header.deleted and header.content_hash == event.content_hash()
         if parsed.auto_version and header is not None:
-            if same_content:
+            if same_content and (header.title_len or not event.display_title()):
                 yield replace(outcome, kind=UNCHANGED)
                 return
             if header.item_version >= event.version:  # a clock behind the stored version: still newer
@@ -131,7 +132,7 @@ class ClassifyAgainstStore(beam.DoFn):
         elif same_content:
             stored = self.store.get(self.encoder_id, event.item_id)
             yield replace(outcome, record=replace(stored, item_version=event.version, job_id=self.job_id,
-                                                  encoded_at=time.time()))
+                                                  encoded_at=time.time(), title=event.display_title()))
         else:
             yield parsed  # to the encoder
 

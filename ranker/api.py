@@ -99,8 +99,9 @@ def parse_score(data: Any, max_candidates: int, max_requests: int) -> list[Reran
 
 
 def result_body(result: RankResult) -> dict[str, Any]:
-    """``{"results": [...], "missing": [...]}``, results best first as the batcher ranked them."""
-    return {"results": [{"item_id": item.item_id, "score": item.score, "p_yes": item.p_yes,
+    """``{"results": [...], "missing": [...]}``, results best first as the batcher ranked them, each
+    with the item's display title."""
+    return {"results": [{"item_id": item.item_id, "title": item.title, "score": item.score, "p_yes": item.p_yes,
                          "log_odds": item.log_odds} for item in result.items],
             "missing": list(result.missing)}
 

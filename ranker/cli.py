@@ -10,6 +10,9 @@ from mixlm.errors import EXIT_NOT_FOUND, EXIT_USAGE, fail, user_errors
 from mixlm.options import bundle_option, store_option
 from mixlm.output import columns_table, output_option, render
 from mixlm.ranker.defaults import DEFAULT_MAX_CANDIDATES
+from mixlm.schemas.item_event import shorten
+
+TABLE_TITLE_CHARS = 60  # tables cut display titles to this; JSON and YAML carry them whole
 
 
 def _candidate_ids(items: str | None, candidates: Path | None) -> list[str]:
@@ -59,9 +62,9 @@ def rank(bundle_dir, server, auth_token_file, store_path, query, items, candidat
 
         client = RankerClient.open(bundle_dir, store_path, backend=backend, max_candidates=max_candidates)
         result = client.rank(query, ids, top_k)
-    rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.p_yes, 6), "log_odds": round(item.log_odds, 4)}
-            for n, item in enumerate(result.items, start=1)]
-    table = columns_table(rows, ("rank", "item_id", "p_yes", "log_odds")) if rows else "no candidate was found"
+    rows = [{"rank": n, "item_id": item.item_id, "p_yes": round(item.p_yes, 6), "log_odds": round(item.log_odds, 4),
+             "title": item.title} for n, item in enumerate(result.items, start=1)]
+    table = _table(rows, ("rank", "item_id", "p_yes", "log_odds", "title")) if rows else "no candidate was found"
     if result.missing:
         table += f"\nmissing from the store: {', '.join(result.missing)}"
     click.echo(render({"query": query, "items": rows, "missing": result.missing}, output, table))
@@ -85,6 +88,8 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     The reranked items are ordered by the bundle's final score: MixLM's log-odds fused with the
     first-stage scores (plain log-odds for a bundle without fusion weights).
     """
+    if retriever == "bm25" and corpus is None:  # before any model loads
+        fail("--retriever bm25 needs --corpus", 2)
     from mixlm.ranker.client import RankerClient
     from mixlm.ranker.retrieval import BM25Index
     from mixlm.store.index import VectorIndex
@@ -106,9 +111,17 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     first_stage = {hit.item_id: hit.score for hit in hits}
     reranked = client.rank(query, [hit.item_id for hit in hits[:rerank]], first_stage_scores=first_stage).items \
         if rerank else []
+    titles = client.store.titles(client.ranker.encoder_id, [hit.item_id for hit in hits])
     rows = [{"rank": n, "item_id": item.item_id, "score": round(item.score, 4), "p_yes": round(item.p_yes, 6),
-             "first_stage": round(first_stage[item.item_id], 4)} for n, item in enumerate(reranked, start=1)]
+             "first_stage": round(first_stage[item.item_id], 4), "title": titles.get(item.item_id, "")}
+            for n, item in enumerate(reranked, start=1)]
     rows += [{"rank": len(rows) + n, "item_id": hit.item_id, "score": None, "p_yes": None,
-              "first_stage": round(hit.score, 4)} for n, hit in enumerate(hits[rerank:], start=1)]
-    table = columns_table(rows, ("rank", "item_id", "score", "p_yes", "first_stage")) if rows else "nothing found"
+              "first_stage": round(hit.score, 4), "title": titles.get(hit.item_id, "")}
+             for n, hit in enumerate(hits[rerank:], start=1)]
+    table = _table(rows, ("rank", "item_id", "score", "p_yes", "first_stage", "title")) if rows else "nothing found"
     click.echo(render({"query": query, "retriever": retriever, "results": rows}, output, table))
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """Result rows as a table, display titles cut to ``TABLE_TITLE_CHARS``."""
+    return columns_table([{**row, "title": shorten(row["title"], TABLE_TITLE_CHARS)} for row in rows], columns)

@@ -26,11 +26,22 @@ class EncoderMismatchError(StoreError):
     pass
 
 
+def missing_encoder(encoder_id: str, held: Sequence[str], root) -> str:
+    """Why a bundle cannot rank over a store that has no records of its encoder, and what to do."""
+    backfill = f"backfill the store with this bundle ('mixlm backfill --input PATH --bundle DIR --store {root}')"
+    if not held:
+        return f"the store {root} holds no records, so none of the bundle's encoder {encoder_id}: {backfill}"
+    which = "that encoder" if len(held) == 1 else "one of them"
+    return (f"the bundle's encoder {encoder_id} has no records in the store {root}, which holds encoder "
+            f"{', '.join(held)}: {backfill}, or use the bundle of {which}")
+
+
 class RankerClient:
     def __init__(self, ranker: MixedInputRanker, store: EmbeddingStore, *, query_encoder=None,
                  fusion: FusionConfig | None = None, encoder_id: str | None = None,
                  max_candidates: int = DEFAULT_MAX_CANDIDATES, backend: str = "amortized"):
-        """``encoder_id`` defaults to the bundle's; embeddings of any other encoder are refused.
+        """``encoder_id`` defaults to the bundle's; embeddings of any other encoder are refused, and so,
+        unless ``encoder_id`` is given, is a store without records of the bundle's encoder.
 
         ``query_encoder`` (the bundle's ``ItemEncoder``) is needed when the ranker reads the query's
         vectors (``RankerInputs``) or the fusion weighs dense scores; ``fusion`` gives the final
@@ -39,10 +50,10 @@ class RankerClient:
         if encoder_id and encoder_id != ranker.encoder_id:
             raise EncoderMismatchError(f"embeddings of encoder {encoder_id} cannot feed this ranker, whose bundle "
                                        f"was trained with encoder {ranker.encoder_id}")
-        active = store.active_encoder()
-        if not encoder_id and active and active != ranker.encoder_id and ranker.encoder_id not in store.encoders():
-            raise EncoderMismatchError(f"the store's active encoder {active} is not the bundle's encoder "
-                                       f"{ranker.encoder_id}; backfill with this bundle first")
+        if not encoder_id:
+            held = store.encoders()
+            if ranker.encoder_id not in held:
+                raise EncoderMismatchError(missing_encoder(ranker.encoder_id, held, store.root))
         self.uses_dense = bool(fusion and fusion.dense)
         needs_query = ranker.inputs.query_vector or ranker.inputs.interaction or self.uses_dense
         if needs_query and query_encoder is None:
@@ -116,7 +127,9 @@ class RankerClient:
                 if self.uses_dense and lookup.item_ids:
                     dense = lookup.retrieval_vectors.astype(np.float64) @ query.retrieval_vector.astype(np.float64)
             final = fuse(self.fusion, score.log_odds, first_stage=first_stage, dense=dense)
-            results.append(RankResult([ScoredItem(item_id, float(f), float(p), float(lo)) for item_id, f, p, lo in
+            titles = self.store.titles(self.ranker.encoder_id, lookup.item_ids)
+            results.append(RankResult([ScoredItem(item_id, float(f), float(p), float(lo), titles.get(item_id, ""))
+                                       for item_id, f, p, lo in
                                        zip(lookup.item_ids, final, score.p_yes, score.log_odds, strict=True)],
                                       lookup.missing))
         return results

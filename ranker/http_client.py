@@ -117,7 +117,7 @@ def _request_body(request: RankRequest, top_n: int | None) -> dict:
 
 
 def _result(data: dict, encoder_id: str) -> RemoteRankResult:
-    items = [ScoredItem(r["item_id"], float(r["score"]), float(r["p_yes"]), float(r["log_odds"]))
+    items = [ScoredItem(r["item_id"], float(r["score"]), float(r["p_yes"]), float(r["log_odds"]), r.get("title") or "")
              for r in data["results"]]
     return RemoteRankResult(items, list(data.get("missing", [])), encoder_id)
 

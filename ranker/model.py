@@ -16,6 +16,7 @@ attention does not go through transformers' attention interface).
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,9 @@ class MixedInputRanker:
                                     device=self.device)
         self.interaction = interaction.to(self.device) if inputs.interaction else None
         self.shares_prefix = shared_prefix.enable(model)  # else "amortized" falls back to "amortized-copy"
+        # transformers 5 names the KV cache argument ``cache``; earlier releases ``past_key_values``
+        self._cache_argument = ("cache" if "cache" in inspect.signature(self.decoder.forward).parameters
+                                else "past_key_values")
 
     @classmethod
     def from_bundle(cls, bundle: Bundle | str | Path, *, device=None, dtype=None) -> MixedInputRanker:
@@ -161,7 +165,7 @@ class MixedInputRanker:
         vectors) through the prefix as well as through each candidate.
         """
         prefix = self.prefix_embeddings(query, query_embedding)
-        cache = self.decoder(inputs_embeds=prefix.unsqueeze(0), use_cache=True).past_key_values
+        cache = self._prefill(inputs_embeds=prefix.unsqueeze(0))
         cache.batch_repeat_interleave(len(items))
         prefix_mask = torch.ones(len(items), prefix.shape[0], dtype=torch.long, device=self.device)
         hidden = self._candidate_pass(cache, prefix_mask, self.candidate_tokens(items, query_embedding, item_retrieval),
@@ -212,8 +216,7 @@ class MixedInputRanker:
             prefix_batch[row, width - prefix.shape[0]:] = prefix
             prefix_mask[row, width - prefix.shape[0]:] = 1
         positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = self.decoder(inputs_embeds=prefix_batch, attention_mask=prefix_mask, position_ids=positions,
-                             use_cache=True).past_key_values
+        cache = self._prefill(inputs_embeds=prefix_batch, attention_mask=prefix_mask, position_ids=positions)
         owners = [q for q, (_, items) in enumerate(requests) for _ in items]
         tokens = [token for (_, items), embedding, retrieval in zip(requests, query_embeddings, item_retrievals,
                                                                    strict=True)
@@ -230,6 +233,18 @@ class MixedInputRanker:
             out.append(Scores(scores.log_odds[start:start + len(items)], scores.p_yes[start:start + len(items)]))
             start += len(items)
         return out
+
+    def _prefill(self, **inputs):
+        """The prefix's KV cache: a ``DynamicCache`` the forward fills in place (transformers' current cache
+        API; a legacy tuple cache or reading ``past_key_values`` off the output is deprecated)."""
+        from transformers.cache_utils import DynamicCache
+
+        try:
+            cache = DynamicCache(config=self.model.config)
+        except TypeError:  # a transformers whose DynamicCache takes no config
+            cache = DynamicCache()
+        self.decoder(**inputs, use_cache=True, **{self._cache_argument: cache})
+        return cache
 
     def _as_tokens(self, item: torch.Tensor | np.ndarray) -> torch.Tensor:
         return torch.as_tensor(item, device=self.device).to(self.dtype)
@@ -301,7 +316,7 @@ class MixedInputRanker:
         width = tail.shape[1]
         tail_mask = (torch.arange(width, device=self.device) < lengths.unsqueeze(1)).long()
         positions = prefix_mask.sum(dim=1).unsqueeze(1) + torch.arange(width, device=self.device)
-        hidden = self.decoder(inputs_embeds=tail, past_key_values=cache, use_cache=True,
+        hidden = self.decoder(inputs_embeds=tail, use_cache=True, **{self._cache_argument: cache},
                               attention_mask=torch.cat([prefix_mask, tail_mask], dim=1),
                               position_ids=positions).last_hidden_state
         return hidden[torch.arange(len(sequences), device=self.device), lengths - 1]

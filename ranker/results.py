@@ -15,6 +15,7 @@ class ScoredItem:
     score: float  # the final score: MixLM's log-odds, fused with first-stage scores when given
     p_yes: float
     log_odds: float
+    title: str = ""  # the item's display title from the store (empty for records stored before titles)
 
 
 @dataclass

@@ -24,6 +24,7 @@ ITEM_EVENT_SCHEMA = pa.schema([
 _ARROW_FLOATS = {"float32": pa.float32(), "float16": pa.float16()}
 META_PREFIX = "mixlm."
 CHECKSUM = "checksum"
+TITLE = "title"  # parts written before display titles lack it
 
 
 def embedding_schema(n_tokens: int, dim: int, retrieval_dim: int, dtype: str) -> pa.Schema:
@@ -31,8 +32,9 @@ def embedding_schema(n_tokens: int, dim: int, retrieval_dim: int, dtype: str) ->
 
     Tombstones hold zero vectors (``deleted`` tells them apart): Parquet does not round-trip
     null entries of nested fixed-size lists. ``retrieval_vector`` exists when retrieval_dim > 0.
-    ``checksum`` is the checksum of the LMDB value the row loads as (``value_checksum``): it
-    covers everything ``load`` writes, item id and encoder id included.
+    ``title`` is the item's display title. ``checksum`` is the checksum of the LMDB value the row
+    loads as (``value_checksum``): it covers everything ``load`` writes, item id, encoder id and
+    title included.
     """
     value_type = _ARROW_FLOATS[dtype]
     fields = [
@@ -49,6 +51,7 @@ def embedding_schema(n_tokens: int, dim: int, retrieval_dim: int, dtype: str) ->
         pa.field("truncated", pa.bool_(), nullable=False),
         pa.field("job_id", pa.string(), nullable=False),
         pa.field("encoded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(TITLE, pa.string(), nullable=False),
         pa.field(CHECKSUM, pa.uint64(), nullable=False),
     ]
     if retrieval_dim:
@@ -99,6 +102,7 @@ def records_to_table(records: Sequence[EmbeddingRecord], *, n_tokens: int, dim: 
             (np.array([r.encoded_at for r in records], dtype=np.float64) * 1e6).astype("int64"),
             pa.int64(),
         ).cast(pa.timestamp("us", tz="UTC")),
+        TITLE: pa.array([r.title for r in records], pa.string()),
     }
     if retrieval_dim:
         columns["retrieval_vector"] = pa.FixedSizeListArray.from_arrays(
@@ -121,7 +125,8 @@ def table_metadata(schema: pa.Schema) -> dict[str, str]:
 
 
 def table_to_records(table: pa.Table, *, n_tokens: int, dim: int, dtype: str) -> Iterator[EmbeddingRecord]:
-    """The records of a table of the given layout (the ``checksum`` column is left to the caller)."""
+    """The records of a table of the given layout (the ``checksum`` column is left to the caller); rows
+    of a part written before display titles have an empty title."""
     dtype = np.dtype(dtype)
     vectors_col = table.column("vectors").combine_chunks()
     flat = vectors_col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(len(table), n_tokens, dim)
@@ -133,6 +138,7 @@ def table_to_records(table: pa.Table, *, n_tokens: int, dim: int, dtype: str) ->
     columns = {name: table.column(name).to_pylist() for name in (
         "item_id", "item_version", "encoder_id", "content_hash", "deleted", "source_tokens",
         "truncated", "job_id")}
+    titles = table.column(TITLE).to_pylist() if TITLE in table.column_names else [""] * len(table)
     for row in range(len(table)):
         if columns["deleted"][row]:
             yield EmbeddingRecord.tombstone(columns["item_id"][row], columns["item_version"][row],
@@ -150,4 +156,5 @@ def table_to_records(table: pa.Table, *, n_tokens: int, dim: int, dtype: str) ->
             truncated=columns["truncated"][row],
             job_id=columns["job_id"][row],
             encoded_at=float(encoded_at[row]),
+            title=titles[row],
         )

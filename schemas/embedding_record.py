@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mixlm.schemas.errors import ValidationError
-from mixlm.schemas.item_event import MAX_ITEM_ID_BYTES, MAX_VERSION
+from mixlm.schemas.item_event import MAX_ITEM_ID_BYTES, MAX_TITLE_CHARS, MAX_VERSION
 from mixlm.schemas.timefmt import format_rfc3339
 
 DTYPES = ("float32", "float16")
@@ -27,9 +27,25 @@ def check_encoder_id(encoder_id: str) -> str:
     return encoder_id
 
 
+def _check_title(title: str) -> None:
+    if not isinstance(title, str):
+        raise ValidationError("title", f"must be a string, got {type(title).__name__}")
+    if len(title) > MAX_TITLE_CHARS:
+        raise ValidationError("title", f"is {len(title)} characters, the limit is {MAX_TITLE_CHARS} "
+                                       "(display_title cuts it)")
+    try:
+        title.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError("title", f"holds an unpaired surrogate at index {exc.start}") from None
+
+
 @dataclass
 class EmbeddingRecord:
-    """``vectors`` is ``[T_S, dim]``; a tombstone (``deleted``) has no vectors."""
+    """``vectors`` is ``[T_S, dim]``; a tombstone (``deleted``) has no vectors and no title.
+
+    ``title`` is the item's display title (``display_title``: one line, at most ``MAX_TITLE_CHARS``
+    characters), shown beside its id; empty for records written before titles were kept.
+    """
 
     item_id: str
     item_version: int
@@ -42,6 +58,7 @@ class EmbeddingRecord:
     job_id: str = ""
     encoded_at: float = 0.0
     deleted: bool = False
+    title: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.item_id, str) or not self.item_id or "\x00" in self.item_id:
@@ -58,9 +75,11 @@ class EmbeddingRecord:
             raise ValidationError("source_tokens", f"must be in [0, 2**32), got {self.source_tokens}")
         if self.content_hash and not _HEX64.match(self.content_hash):
             raise ValidationError("content_hash", "must be a lower-case sha256 hex digest")
+        _check_title(self.title)
         if self.deleted:
             self.vectors = np.zeros((0, 0), dtype=np.float32)
             self.retrieval_vector = None
+            self.title = ""
             return
         vectors = np.asarray(self.vectors)
         if vectors.ndim != 2 or 0 in vectors.shape:
@@ -97,6 +116,7 @@ class EmbeddingRecord:
         out: dict[str, Any] = {
             "item_id": self.item_id,
             "item_version": self.item_version,
+            "title": self.title,
             "encoder_id": self.encoder_id,
             "deleted": self.deleted,
             "content_hash": self.content_hash,

@@ -21,6 +21,9 @@ DEFAULT_MAX_TEXT_BYTES = 1_000_000
 # bundle may set its own template (``EncodingConfig.item_template``).
 DEFAULT_ITEM_TEMPLATE = "{title}\n{text}"
 
+# A record keeps a short title to show with its item (``display_title``); at most 480 bytes in UTF-8.
+MAX_TITLE_CHARS = 120
+
 
 def render_item(title: str, text: str, template: str = DEFAULT_ITEM_TEMPLATE) -> str:
     """An item's title and text as one text, by ``template`` (with ``{title}`` and ``{text}``)."""
@@ -51,6 +54,10 @@ class ItemEvent:
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
+    def display_title(self) -> str:
+        """The title a record keeps to show with this item (``display_title``)."""
+        return display_title(self.title, self.text)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"item_id": self.item_id, "op": self.op, "version": self.version}
         if self.op == "upsert":
@@ -64,6 +71,21 @@ class ItemEvent:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+def display_title(title: str, text: str = "") -> str:
+    """A one-line title to show with an item: its title or, when it has none, the start of its text.
+
+    Whitespace runs (newlines included) become single spaces; a line longer than
+    ``MAX_TITLE_CHARS`` characters is cut on a character (code point) boundary, never inside a
+    UTF-8 sequence, and ends with "…" (within the limit).
+    """
+    return shorten(" ".join((title if title.strip() else text).split()), MAX_TITLE_CHARS)
+
+
+def shorten(line: str, limit: int) -> str:
+    """``line`` if it has at most ``limit`` characters, else its first ones and "…" (``limit`` in all)."""
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "\u2026"
 
 
 def _show(value: Any, limit: int = 40) -> str:

@@ -3,7 +3,7 @@
 # models from PyPI), the embedded Kafka broker, a Beam backfill of SciFact, then a stream of
 # updates, deletes, late versions and malformed events through Kafka into the same store, and
 # a search reranked by the MixLM ranker.
-#   DEMO_OUT   where everything goes (default demo-out/)
+#   DEMO_OUT   where everything goes (default demo-out/; deleted first, so every run starts clean)
 #   DEMO_TINY  set to 1 to use tiny random models instead (no downloads, seconds)
 set -euo pipefail
 out=${DEMO_OUT:-demo-out}
@@ -59,5 +59,12 @@ mixlm search "vitamin D deficiency and the risk of fractures" --bundle "$out/bun
 if [ "${DEMO_TINY:-0}" = 1 ]; then
   echo "(tiny random models: these scores show the path, not relevance)"
 fi
+store=$(cd "$MIXLM_STORE" && pwd)
+bundle=$(cd "$out/bundle" && pwd)
+bin=$(dirname "$(command -v mixlm)")
 echo
-echo "demo finished: store in $MIXLM_STORE, bundle in $out/bundle"
+echo "demo finished: store in $store, bundle in $bundle (the next demo deletes $out first)"
+echo "the commands read \$MIXLM_STORE (else ~/.local/share/mixlm/store); to look around in this store:"
+echo "  export PATH=\"$bin:\$PATH\" MIXLM_STORE=\"$store\""
+echo "  mixlm-store jobs"
+echo "  mixlm search \"your query\" --bundle $bundle"

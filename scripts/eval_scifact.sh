@@ -11,7 +11,15 @@ set -euo pipefail
 runs=${RUNS:-runs}
 bundle=${BUNDLE:-$runs/joint/bundle}
 only=${ONLY:-scifact text zeroshot}
-out=docs/results
+out=docs/results  # tracked: a run rewrites the figures docs/training.md cites
+needed=("$bundle")
+[[ " $only " == *" text "* ]] && needed+=("$runs/teacher/bundle")
+for dir in "${needed[@]}"; do
+  if [ ! -f "$dir/mixlm.json" ]; then
+    echo "eval_scifact.sh: no bundle in $dir: run 'make train' first (or set RUNS / BUNDLE)" >&2
+    exit 1
+  fi
+done
 mkdir -p "$out"
 embedding=bm25,random,dense,bm25+dense,mixlm,final
 wanted() { [[ " $only " == *" $1 "* ]]; }

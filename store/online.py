@@ -22,6 +22,7 @@ from mixlm.schemas.lmdb_value import (
     PAYLOAD_OFFSET,
     ValueHeader,
     decode_header,
+    decode_title,
     decode_value,
     encode_value,
     lookup_fields,
@@ -197,17 +198,25 @@ class EmbeddingStore:
             return None if value is None else bytes(value).decode()
 
     def resolve_encoder(self, encoder_id: str | None) -> str:
-        """The given encoder id, or the active one; a clear error when there is neither."""
+        """The given encoder id, which must have records here; else the active encoder; else, when the
+        store holds records of one encoder only, that one. A clear error when there is none of these."""
         if encoder_id:
-            return check_encoder_id(encoder_id)
+            check_encoder_id(encoder_id)
+            if not self._has_records(encoder_id):  # reads only the way to its first key
+                known = ", ".join(self.encoders()) or "none"
+                raise EncoderNotFoundError(f"unknown encoder {encoder_id!r}: {self.root} has no records of it "
+                                           f"(encoders in store: {known})")
+            return encoder_id
         active = self.active_encoder()
-        if active is None:
-            known = ", ".join(self.encoders()) or "none"
-            raise EncoderNotFoundError(
-                f"no active encoder in {self.root}; pass --encoder (encoders in store: {known}) "
-                "or run 'mixlm-store promote <encoder_id>'"
-            )
-        return active
+        if active is not None:
+            return active
+        held = self.encoders()
+        if len(held) == 1:
+            return held[0]
+        raise EncoderNotFoundError(
+            f"no active encoder in {self.root}; pass --encoder (encoders in store: {', '.join(held) or 'none'}) "
+            "or run 'mixlm-store promote <encoder_id>'"
+        )
 
     def get(self, encoder_id: str, item_id: str) -> EmbeddingRecord | None:
         """The stored record, tombstones included; None when the item was never written."""
@@ -231,6 +240,27 @@ class EmbeddingStore:
                 if value is not None:
                     with contextlib.suppress(CorruptRecordError):
                         out[item_id] = decode_header(value, key)
+        return out
+
+    def titles(self, encoder_id: str, item_ids: Sequence[str]) -> dict[str, str]:
+        """The display titles of the live items among ``item_ids``, verified, in one read transaction.
+
+        Records written before titles were kept (value schema 1 and 2) have an empty title.
+        """
+        out: dict[str, str] = {}
+        prefix = encoder_id.encode() + _SEP
+        with self._env.read() as txn:
+            for item_id in item_ids:
+                key = prefix + item_id.encode("utf-8")
+                value = txn.get(key, db=self._records)
+                if value is None:
+                    continue
+                try:
+                    deleted, title = decode_title(value, key)
+                except CorruptRecordError as exc:
+                    raise CorruptItemError(encoder_id, item_id, str(exc)) from None
+                if not deleted:
+                    out[item_id] = title
         return out
 
     def get_many(self, encoder_id: str, item_ids: Sequence[str], *, dtype: str | None = None,

@@ -26,8 +26,15 @@ from mixlm.schemas import (
     ValidationError,
     check_encoder_id,
 )
-from mixlm.schemas.arrow import CHECKSUM, embedding_schema, records_to_table, table_metadata, table_to_records
-from mixlm.schemas.lmdb_value import SCHEMA_VERSION, value_checksum
+from mixlm.schemas.arrow import (
+    CHECKSUM,
+    TITLE,
+    embedding_schema,
+    records_to_table,
+    table_metadata,
+    table_to_records,
+)
+from mixlm.schemas.lmdb_value import SCHEMA_VERSION, UNTITLED_SCHEMA_VERSION, value_checksum
 from mixlm.store.errors import DISK_FULL, StoreCorruptError
 
 DEFAULT_ROWS_PER_FILE = 50_000
@@ -122,8 +129,10 @@ def file_metadata(path: Path) -> dict[str, str]:
     return _check_part(path)[0]
 
 
-def _check_part(path: Path) -> tuple[dict[str, str], bool]:
-    """The part's metadata, and whether its rows carry checksums (parts written before them do not).
+def _check_part(path: Path) -> tuple[dict[str, str], int | None]:
+    """The part's metadata, and the value schema version its row checksums were computed in: the
+    current one, 2 for parts written before display titles (no title column), None for parts
+    written before row checksums.
 
     A Parquet file without mixlm metadata is not a part (InputError); an unreadable footer, or
     columns that differ from the layout its metadata describes, is a damaged part.
@@ -142,10 +151,12 @@ def _check_part(path: Path) -> tuple[dict[str, str], bool]:
     except (KeyError, ValueError, OverflowError):
         raise StoreCorruptError(f"{path} is damaged: its mixlm metadata is incomplete or invalid") from None
     columns = schema.remove_metadata()
-    if columns.equals(expected):
-        return meta, True
-    if columns.equals(expected.remove(expected.get_field_index(CHECKSUM))):
-        return meta, False
+    untitled = expected.remove(expected.get_field_index(TITLE))
+    layouts = ((expected, SCHEMA_VERSION), (untitled, UNTITLED_SCHEMA_VERSION),
+               (untitled.remove(untitled.get_field_index(CHECKSUM)), None))
+    for layout, summed_as in layouts:
+        if columns.equals(layout):
+            return meta, summed_as
     raise StoreCorruptError(f"{path} is damaged: its columns differ from the layout its metadata describes")
 
 
@@ -161,8 +172,8 @@ def read_part(path: Path, *, as_dtype: str | None = None,
     A row that fails its checksum, or a part that fails to read, raises StoreCorruptError naming
     the file (and the row). A part without checksums is refused unless ``allow_unverified``.
     """
-    meta, summed = _check_part(path)
-    if not summed and not allow_unverified:
+    meta, summed_as = _check_part(path)
+    if summed_as is None and not allow_unverified:
         raise InputError(
             f"{path} has no row checksums (written by mixlm before they existed), so it cannot be verified: "
             "re-export it from the store that loaded it with 'mixlm-store export', or load it unverified "
@@ -175,9 +186,9 @@ def read_part(path: Path, *, as_dtype: str | None = None,
         parquet = pq.ParquetFile(path)
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group)
-            checksums = table.column(CHECKSUM).to_numpy() if summed else None
+            checksums = table.column(CHECKSUM).to_numpy() if summed_as else None
             for index, record in enumerate(table_to_records(table, **layout)):
-                if checksums is not None and value_checksum(record) != checksums[index]:
+                if checksums is not None and value_checksum(record, summed_as) != checksums[index]:
                     raise StoreCorruptError(f"{path} is damaged: row {row} (item {record.item_id!r}) "
                                             "fails its checksum")
                 if record.encoder_id != meta["encoder_id"]:

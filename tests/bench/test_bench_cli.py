@@ -2,6 +2,7 @@
 
 import json
 
+import click
 from click.testing import CliRunner
 
 from mixlm.cli import main
@@ -89,3 +90,21 @@ def test_the_plots_need_matplotlib_only_where_it_is_installed(tmp_path, monkeypa
     assert _with_plot(lambda report, png: drawn.append(png), {}, tmp_path / "rank.json") == \
         f"wrote {tmp_path / 'rank.json'}"
     assert not drawn and "pip install 'mixlm[bench]'" in capsys.readouterr().err
+
+
+def test_every_benchmark_reads_its_default_input_from_the_repository():
+    """A clone reproduces a benchmark with its defaults: no default input lies outside the repository."""
+    from pathlib import Path
+
+    from mixlm.bench.cli import bench
+
+    repository = Path(__file__).resolve().parents[2]
+    inputs = [(name, param) for name, command in bench.commands.items() for param in command.params
+              if isinstance(param.type, click.Path) and param.name not in ("out", "workdir", "bundle_dir")]
+    assert {name for name, _ in inputs} >= {"backfill", "dask-backfill", "freshness", "rank", "serve"}
+    for name, param in inputs:
+        if param.default is None:  # the benchmark makes up its own input (stream-group's synthetic text)
+            assert name == "stream-group", (name, param.name)
+            continue
+        default = (repository / param.default).resolve()
+        assert default.is_relative_to(repository) and default.is_file(), (name, param.name, param.default)

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from dataclasses import replace
 
 import numpy as np
 from click.testing import CliRunner
@@ -10,6 +11,7 @@ from mixlm.cli import main
 from mixlm.encoders import ItemEncoder
 from mixlm.pipelines.backfill import run_backfill
 from mixlm.schemas import ItemEvent
+from mixlm.schemas.item_event import display_title
 from mixlm.store import EmbeddingStore, load_snapshot
 from mixlm.store.cli import main as store_main
 
@@ -42,6 +44,7 @@ def test_beir_backfill_skip_unchanged_and_reencode(tiny_bundle, tmp_path):
     record = store.get(encoder_id, docs[3]["_id"])
     as_event = ItemEvent(docs[3]["_id"], "upsert", 0, docs[3]["title"], docs[3]["text"])
     assert record.content_hash == as_event.content_hash()
+    assert record.title == display_title(docs[3]["title"], docs[3]["text"]) and record.title
 
     second = run_backfill(CORPUS, str(tiny_bundle), store_path, log=quiet)
     assert (second.counts.encoded, second.counts.skipped_unchanged, second.counts.written) == (0, len(docs), 0)
@@ -54,6 +57,7 @@ def test_beir_backfill_skip_unchanged_and_reencode(tiny_bundle, tmp_path):
     updated = store.get(encoder_id, docs[5]["_id"])
     assert updated.job_id == third.job_id and updated.item_version > record.item_version
     assert not np.allclose(updated.vectors, lookup.vectors[5])
+    assert updated.title == "A revised title"
 
     shown = CliRunner().invoke(store_main, ["--store", store_path, "get", third.job_id, "-o", "json"])
     assert json.loads(shown.stdout)["counts"]["encoded"] == 1
@@ -94,6 +98,26 @@ def test_snapshot_only_then_load(tiny_bundle, tmp_path):
     loaded = load_snapshot(store, snapshot_dir)
     assert loaded.counts.written == n_docs
     assert store.get_many(manifest.encoder_id, [d["_id"] for d in corpus_docs()]).missing == []
+    titles = store.titles(manifest.encoder_id, [d["_id"] for d in corpus_docs()])
+    assert titles == {d["_id"]: display_title(d["title"], d["text"]) for d in corpus_docs()}
+
+
+def test_a_backfill_gives_records_stored_without_titles_their_titles_without_encoding(tiny_bundle, tmp_path):
+    store_path = str(tmp_path / "store")
+    docs = corpus_docs()
+    first = run_backfill(CORPUS, str(tiny_bundle), store_path, log=quiet)
+    store = EmbeddingStore.open(store_path)
+    before = list(store.iter_records(first.encoder_id))
+    store.put_many([replace(r, item_version=r.item_version + 1, title="") for r in before])  # as an older release
+    assert set(store.titles(first.encoder_id, [d["_id"] for d in docs]).values()) == {""}
+
+    second = run_backfill(CORPUS, str(tiny_bundle), store_path, log=quiet)
+    assert (second.counts.encoded, second.counts.written, second.counts.skipped_unchanged) == (0, len(docs), 0)
+    after = store.get(first.encoder_id, docs[7]["_id"])
+    assert after.title == display_title(docs[7]["title"], docs[7]["text"])
+    np.testing.assert_array_equal(after.vectors, before[[r.item_id for r in before].index(docs[7]["_id"])].vectors)
+    third = run_backfill(CORPUS, str(tiny_bundle), store_path, log=quiet)
+    assert (third.counts.encoded, third.counts.skipped_unchanged) == (0, len(docs))
 
 
 def test_cli_prints_the_job_id_last(tiny_bundle, tmp_path):

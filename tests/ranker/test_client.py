@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -40,6 +41,7 @@ def test_score_keeps_request_order_and_lists_missing(client):
     for item in result.items:
         assert 0 < item.p_yes < 1 and item.p_yes == pytest.approx(1 / (1 + np.exp(-item.log_odds)), rel=1e-6)
         assert item.score == item.log_odds  # no first-stage scores: the final score is MixLM alone
+    assert [item.title for item in result.items] == ["Title 3", "Title 1"]  # the display titles, from the store
 
 
 def test_scores_equal_the_ranker_on_the_stored_vectors(client):
@@ -79,6 +81,30 @@ def test_encoder_mismatch_is_refused(tiny_bundle, tmp_path):
     with pytest.raises(EncoderMismatchError, match=ranker.encoder_id):
         RankerClient(ranker, other, encoder_id="enc-somebody-else")
 
+    # no active encoder: still refused, naming the bundle's encoder, the store's encoders and the fix
+    unpromoted = EmbeddingStore.open(tmp_path / "unpromoted", create=True)
+    unpromoted.put_many([make_record("x", 1, encoder_id="enc-a", dim=64), make_record("x", 1, encoder_id="enc-b",
+                                                                                         dim=64)])
+    with pytest.raises(EncoderMismatchError) as caught:
+        RankerClient(ranker, unpromoted)
+    for fragment in (ranker.encoder_id, "enc-a, enc-b", "backfill", "--bundle", "or use the bundle of one of them"):
+        assert fragment in str(caught.value)
+    empty = EmbeddingStore.open(tmp_path / "empty", create=True)
+    with pytest.raises(EncoderMismatchError, match="holds no records"):
+        RankerClient(ranker, empty)
+
+
+@pytest.mark.parametrize("command", [["rank", "--query", "q", "--items", "x"], ["search", "q"]])
+def test_rank_and_search_with_a_bundle_of_another_encoder_fail_with_what_to_do(tiny_bundle, tmp_path, command):
+    other = EmbeddingStore.open(tmp_path / "other", create=True)
+    other.put_many([make_record("x", 1, encoder_id="enc-somebody-else", dim=64)])
+    result = CliRunner().invoke(main, [*command, "--bundle", str(tiny_bundle), "--store", str(other.root)])
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.strip().splitlines()
+    encoder_id = MixedInputRanker.from_bundle(tiny_bundle).encoder_id
+    assert line.startswith("mixlm: error: ") and encoder_id in line and "enc-somebody-else" in line
+    assert "backfill the store with this bundle" in line and "Traceback" not in result.output
+
 
 def test_text_baselines(client):
     texts = [text for _, text in list(ITEMS.values())[:4]]
@@ -100,14 +126,35 @@ def test_rank_cli(tiny_bundle, store_path, tmp_path):
     assert len(data["items"]) == 1 and data["missing"] == ["ghost"] and data["items"][0]["rank"] == 1
     candidates = tmp_path / "ids.txt"
     candidates.write_text("job-1\njob-4\n\n")
+    assert data["items"][0]["title"] in ("Title 1", "Title 2")
     table = CliRunner().invoke(main, [*base, "--candidates", str(candidates)])
     assert table.exit_code == 0 and "job-4" in table.stdout
+    assert table.stdout.splitlines()[0].split() == ["RANK", "ITEM_ID", "P_YES", "LOG_ODDS", "TITLE"]
+    assert "Title 4" in table.stdout
     both = CliRunner().invoke(main, [*base])
     assert both.exit_code == EXIT_USAGE and "exactly one" in both.stderr
     missing = CliRunner().invoke(main, [*base, "--candidates", str(tmp_path / "none.txt")])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
     over = CliRunner().invoke(main, [*base, "--items", "a,b,c", "--max-candidates", "2"])
     assert over.exit_code == 1 and "cap of 2" in over.stderr and "Traceback" not in over.output
+
+
+def test_rank_cli_keeps_third_party_progress_bars_and_warnings_out_unless_verbose(tiny_bundle, store_path):
+    """A process of its own: loading the models prints transformers' "Loading weights" bar only with -v."""
+    import subprocess
+    import sys
+
+    def run(*flags):
+        command = [sys.executable, "-c", "from mixlm.cli import main; main()", *flags, "rank", "--bundle",
+                   str(tiny_bundle), "--store", str(store_path), "--query", "kafka", "--items", "job-1,job-2"]
+        switches = ("TQDM_", "TRANSFORMERS_", "HF_HUB_", "PYTHONWARN")  # an in-process `mixlm` may have set them
+        env = {k: v for k, v in os.environ.items() if not k.startswith(switches)}
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    quiet, verbose = run(), run("-v")
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert quiet.stderr == "" and "Title 1" in quiet.stdout
+    assert "Loading weights" in verbose.stderr and verbose.stdout == quiet.stdout
 
 
 def test_score_many_equals_one_by_one(client):

@@ -10,6 +10,7 @@ from mixlm.ranker.retrieval import BM25Index
 from mixlm.schemas import ItemEvent
 from mixlm.schemas.beir import read_corpus
 from mixlm.schemas.errors import EXIT_USAGE
+from mixlm.schemas.item_event import display_title
 from mixlm.store import EmbeddingStore, StoreError
 from mixlm.store.cli import main as store_main
 from mixlm.store.index import VectorIndex, build_vector_index
@@ -74,6 +75,11 @@ def test_search_cli_retrieves_and_reranks(tiny_bundle, searchable, retriever):
     if retriever == "bm25":
         assert docs[3].doc_id in {r["item_id"] for r in rows}
     assert np.isfinite([r["first_stage"] for r in rows]).all()
+    by_id = {d.doc_id: d for d in docs}
+    assert all(r["title"] == display_title(by_id[r["item_id"]].title, by_id[r["item_id"]].text) for r in rows)
+    table = CliRunner().invoke(main, args[:-2])
+    assert table.stdout.splitlines()[0].split() == ["RANK", "ITEM_ID", "SCORE", "P_YES", "FIRST_STAGE", "TITLE"]
+    assert all(len(line) < 150 for line in table.stdout.splitlines())  # titles cut to fit a table
 
 
 def test_search_cli_errors(tiny_bundle, searchable):
@@ -81,3 +87,11 @@ def test_search_cli_errors(tiny_bundle, searchable):
     result = CliRunner().invoke(main, ["search", "q", "--bundle", str(tiny_bundle), "--store", str(path),
                                        "--retriever", "bm25"])
     assert result.exit_code == EXIT_USAGE and "--corpus" in result.stderr
+
+
+def test_search_checks_its_options_before_loading_any_model(tmp_path):
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    result = CliRunner().invoke(main, ["search", "q", "--bundle", str(not_a_bundle), "--store", str(tmp_path / "s"),
+                                       "--retriever", "bm25"])
+    assert result.exit_code == EXIT_USAGE and "--retriever bm25 needs --corpus" in result.stderr

@@ -160,7 +160,7 @@ def server(tiny_bundle, store_path, tmp_path_factory):
 def assert_same_ranking(body: dict, expected, atol: float = 1e-4) -> None:
     """The server's ``results`` hold the in-process result's items and values, sorted by score."""
     results = body["results"]
-    assert all(set(r) == {"item_id", "score", "p_yes", "log_odds"} for r in results)
+    assert all(set(r) == {"item_id", "title", "score", "p_yes", "log_odds"} for r in results)
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     by_id = {item.item_id: item for item in expected.items}
@@ -169,6 +169,7 @@ def assert_same_ranking(body: dict, expected, atol: float = 1e-4) -> None:
         item = by_id[r["item_id"]]
         np.testing.assert_allclose([r["score"], r["p_yes"], r["log_odds"]], [item.score, item.p_yes, item.log_odds],
                                    atol=atol)
+        assert r["title"] == item.title
     assert body["missing"] == expected.missing
 
 
@@ -362,6 +363,8 @@ def test_rank_cli_through_the_server_prints_the_local_ranking(server, tiny_bundl
         assert a["rank"] == b["rank"] and a["p_yes"] == pytest.approx(b["p_yes"], abs=2e-6)
         assert a["log_odds"] == pytest.approx(b["log_odds"], abs=2e-4)
     assert remote_data["missing"] == local_data["missing"] == ["ghost"]
+    assert [i["title"] for i in remote_data["items"]] == [i["title"] for i in local_data["items"]]
+    assert {i["item_id"]: i["title"] for i in local_data["items"]}["job-5"] == "Title 5"
     table = CliRunner().invoke(main, ["rank", "--server", server.url, "--auth-token-file", str(server.token_file),
                                       "--query", "kafka", "--items", "job-1,ghost", "--top-k", "1"])
     assert table.exit_code == 0 and "job-1" in table.stdout and "missing from the store: ghost" in table.stdout

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, ItemEvent, ValidationError, parse_item_event
-from mixlm.schemas.item_event import decode_json, rejection_reason
+from mixlm.schemas.item_event import MAX_TITLE_CHARS, decode_json, display_title, rejection_reason
 
 VALID = {"item_id": "job-1", "op": "upsert", "version": 3, "title": "Data engineer", "text": "Build pipelines.",
          "fields": {"city": "Oslo"}, "event_time": "2026-11-22T10:30:00Z"}
@@ -259,3 +259,17 @@ def test_content_hash_follows_content_only():
                {"fields": {"town": "Oslo"}}, {"title": "Data engineerBuild pipelines.", "text": ""}]
     hashes = {parse_item_event({**VALID, **patch}).content_hash() for patch in changed}
     assert len(hashes) == len(changed) and base.content_hash() not in hashes
+
+
+def test_display_title_is_one_bounded_line():
+    assert display_title("  Vitamin D\n\tand   fractures ", "text") == "Vitamin D and fractures"
+    assert display_title("", "  The start of the text\nwhen there is no title") == \
+        "The start of the text when there is no title"
+    assert ItemEvent("i", "upsert", 1, " ", "only text").display_title() == "only text"
+    exact = "x" * MAX_TITLE_CHARS
+    assert display_title(exact) == exact
+    for char in ("a", "é", "€", "𝔘"):  # 1 to 4 bytes in UTF-8: cut on a character, never inside one
+        long = display_title(char * 500)
+        assert len(long) == MAX_TITLE_CHARS and long.endswith("…") and long[:-1] == char * (MAX_TITLE_CHARS - 1)
+        assert long.encode("utf-8").decode("utf-8") == long
+    assert display_title("word " * 100).endswith("word…")  # no space before the ellipsis

@@ -16,11 +16,13 @@ from mixlm.schemas import (
     ValidationError,
     new_job_id,
 )
+from mixlm.schemas.item_event import MAX_TITLE_CHARS
 from mixlm.schemas.job_manifest import MANIFEST_KEYS
 from mixlm.schemas.lmdb_value import (
     HEADER,
     SCHEMA_VERSION,
     decode_header,
+    decode_title,
     decode_value,
     encode_value,
     lookup_fields,
@@ -30,11 +32,12 @@ from mixlm.schemas.lmdb_value import (
 from tests.factories import make_record
 
 KEY = record_key("enc-a", "item-1")
+TITLE = "Vitamin D and fractures: a meta-analysis — 5 µg/día"
 
 
 def assert_same_record(a: EmbeddingRecord, b: EmbeddingRecord) -> None:
     for name in ("item_id", "item_version", "encoder_id", "content_hash", "source_tokens", "truncated", "job_id",
-                 "encoded_at", "deleted"):
+                 "encoded_at", "deleted", "title"):
         assert getattr(a, name) == getattr(b, name), name
     assert a.vectors.dtype == b.vectors.dtype
     np.testing.assert_array_equal(a.vectors, b.vectors)
@@ -50,12 +53,14 @@ def assert_same_record(a: EmbeddingRecord, b: EmbeddingRecord) -> None:
 @pytest.mark.parametrize("version", [1, 2])  # odd / even: truncated False / True
 def test_value_round_trip(dtype, retrieval_dim, version):
     record = make_record("item-1", version, n_tokens=3, dim=16, dtype=dtype, retrieval_dim=retrieval_dim,
-                         job_id="bf-20261122T103000Z-7f3a")
+                         job_id="bf-20261122T103000Z-7f3a", title=TITLE)
     value = encode_value(record)
     itemsize = np.dtype(dtype).itemsize
-    assert len(value) == HEADER.size + (3 * 16 + retrieval_dim) * itemsize + len(record.job_id)
+    assert len(value) == (HEADER.size + (3 * 16 + retrieval_dim) * itemsize + len(record.job_id)
+                          + 2 + len(TITLE.encode()))
     back = decode_value(value, "item-1", "enc-a")
     assert_same_record(record, back)
+    assert decode_title(value, KEY) == (False, TITLE)
     assert back.n_tokens == 3 and back.dim == 16 and back.dtype == dtype
     assert lookup_fields(value, KEY) == (False, np.dtype(dtype), 3, 16, retrieval_dim)
     header = decode_header(value, KEY)
@@ -133,15 +138,15 @@ def test_a_value_is_bound_to_its_key(record):
 
 
 def schema_1_value(record: EmbeddingRecord) -> bytes:
-    """A value as the previous release wrote it: schema version 1, checksum of the value alone."""
-    value = bytearray(encode_value(record))
+    """A value as the first release wrote it: schema version 1, checksum of the value alone, no title."""
+    value = bytearray(encode_value(record, 2))
     struct.pack_into("<H", value, 12, 1)
     struct.pack_into("<Q", value, 0, xxhash.xxh3_64_intdigest(bytes(value[8:])))
     return bytes(value)
 
 
 def test_schema_1_values_still_read_and_verify():
-    assert SCHEMA_VERSION == 2 and struct.unpack_from("<H", encode_value(make_record("item-1")), 12) == (2,)
+    assert SCHEMA_VERSION == 3 and struct.unpack_from("<H", encode_value(make_record("item-1")), 12) == (3,)
     record = make_record("item-1", 3, n_tokens=2, dim=4, retrieval_dim=3)
     old = schema_1_value(record)
     assert_same_record(record, decode_value(old, "item-1", "enc-a"))
@@ -156,11 +161,54 @@ def test_schema_1_values_still_read_and_verify():
     # the value is not bound to its key (what schema 2 adds)
     assert decode_header(old, record_key("enc-a", "jtem-1")).item_version == 3
     # and no other schema version reads
-    for version in (0, 3):
+    for version in (0, 4):
         other = bytearray(old)
         struct.pack_into("<H", other, 12, version)
         with pytest.raises(CorruptRecordError, match="schema version"):
             decode_header(bytes(other), KEY)
+
+
+def test_schema_2_values_still_read_and_verify_with_an_empty_title():
+    """Values written before display titles: bound to their key, no title bytes."""
+    record = make_record("item-1", 3, n_tokens=2, dim=4, retrieval_dim=3)
+    old = encode_value(record, 2)
+    assert struct.unpack_from("<H", old, 12) == (2,) and len(old) == len(encode_value(record)) - 2
+    back = decode_value(old, "item-1", "enc-a")
+    assert_same_record(record, back)
+    assert back.title == "" and decode_title(old, KEY) == (False, "")
+    assert lookup_fields(old, KEY) == (False, np.dtype("float32"), 2, 4, 3)
+    with pytest.raises(CorruptRecordError, match="checksum"):
+        decode_header(old, record_key("enc-a", "jtem-1"))
+    with pytest.raises(ValueError, match="no title"):
+        encode_value(make_record("item-1", title="a title"), 2)
+
+
+def test_the_title_is_covered_by_the_checksum():
+    record = make_record("item-1", 2, dim=4, title=TITLE)
+    value = encode_value(record)
+    start = len(value) - len(TITLE.encode())
+    for index in (start - 2, start - 1, start, len(value) - 1):  # its length, its first and last bytes
+        damaged = bytearray(value)
+        damaged[index] ^= 0x01
+        for check in (decode_header, lookup_fields, decode_title):
+            with pytest.raises(CorruptRecordError):
+                check(bytes(damaged), KEY)
+    # a title swapped for another of the same length, the checksum left as it was
+    swapped = value[:start] + TITLE.upper().encode()[:len(TITLE.encode())]
+    assert len(swapped) == len(value)
+    with pytest.raises(CorruptRecordError, match="checksum"):
+        decode_value(swapped, "item-1", "enc-a")
+
+
+def test_a_title_is_one_bounded_line():
+    longest = "é" * MAX_TITLE_CHARS  # 2 bytes each in UTF-8
+    back = decode_value(encode_value(make_record("item-1", title=longest)), "item-1", "enc-a")
+    assert back.title == longest
+    with pytest.raises(ValidationError, match="title"):
+        make_record("item-1", title=longest + "é")
+    with pytest.raises(ValidationError, match="title"):
+        make_record("item-1", title="\ud800")
+    assert EmbeddingRecord.tombstone("gone", 2, "enc-a").title == ""
 
 
 def test_value_checksum_is_the_stored_checksum():

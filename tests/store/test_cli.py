@@ -146,9 +146,26 @@ def test_item_shows_header_not_floats_unless_asked(store_dir):
     assert deleted["deleted"] is True and deleted["item_version"] == 2
 
 
+def test_item_shows_the_display_title(tmp_path):
+    store = EmbeddingStore.open(tmp_path / "store", create=True)
+    store.put_many([make_record("doc-1", encoder_id=ENCODER, title="Vitamin D and fractures — a meta-analysis")])
+    table = invoke("--store", tmp_path / "store", "item", "doc-1")  # the store's only encoder: no --encoder
+    assert table.exit_code == 0, table.output
+    assert "title          Vitamin D and fractures — a meta-analysis" in table.stdout
+    data = json.loads(invoke("--store", tmp_path / "store", "item", "doc-1", "-o", "json").stdout)
+    assert data["title"] == "Vitamin D and fractures — a meta-analysis" and data["encoder_id"] == ENCODER
+
+
 def test_item_errors(store_dir):
-    assert_one_line_error(invoke("--store", store_dir, "item", "item-1"), 2, "no active encoder", ENCODER)
-    assert_one_line_error(invoke("--store", store_dir, "item", "ghost", "--encoder", ENCODER), 2, "'ghost'")
+    # no active encoder, but one encoder in the store: that one
+    assert json.loads(invoke("--store", store_dir, "item", "item-1", "-o", "json").stdout)["encoder_id"] == ENCODER
+    EmbeddingStore.open(store_dir).put_many([make_record("item-1", encoder_id="enc-other")])
+    assert_one_line_error(invoke("--store", store_dir, "item", "item-1"), 2, "no active encoder", ENCODER,
+                          "enc-other")
+    assert_one_line_error(invoke("--store", store_dir, "item", "ghost", "--encoder", ENCODER), 2, "'ghost'",
+                          "not found")
+    assert_one_line_error(invoke("--store", store_dir, "item", "item-1", "--encoder", "bogus"), 2,
+                          "unknown encoder 'bogus'", f"encoders in store: {ENCODER}, enc-other")
     assert_one_line_error(invoke("--store", store_dir, "item", "x", "--encoder", "bad id!"), 1, "encoder_id")
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ import xxhash
 from click.testing import CliRunner
 
 from mixlm.schemas import EmbeddingRecord
-from mixlm.schemas.lmdb_value import HEADER, record_key
+from mixlm.schemas.lmdb_value import HEADER, SCHEMA_VERSION, record_key, value_checksum
 from mixlm.store import CorruptItemError, EmbeddingStore, StoreCorruptError, export_snapshot, load_snapshot
 from mixlm.store.cli import main
 from mixlm.store.environment import open_environment
@@ -177,7 +178,7 @@ def schema_1_value(record: EmbeddingRecord) -> bytes:
     """The value the previous release wrote: schema version 1, its checksum over the value alone."""
     from mixlm.schemas.lmdb_value import encode_value
 
-    value = bytearray(encode_value(record))
+    value = bytearray(encode_value(record, 2))  # the layout of schema 2 without the key seed
     struct.pack_into("<H", value, SCHEMA_OFFSET, 1)
     struct.pack_into("<Q", value, 0, xxhash.xxh3_64_intdigest(bytes(value[8:])))
     return bytes(value)
@@ -188,7 +189,7 @@ def stored_schema(store: EmbeddingStore, encoder_id: str, item_id: str) -> int:
                                                              SCHEMA_OFFSET)[0])
 
 
-def test_values_of_the_previous_release_still_read_and_are_rewritten_in_schema_2(tmp_path):
+def test_values_of_the_first_release_still_read_and_are_rewritten_in_the_current_schema(tmp_path):
     store = EmbeddingStore.open(tmp_path / "store", create=True)
     old = [make_record(f"old-{n}", 3, n_tokens=2, dim=4, retrieval_dim=3) for n in range(3)]
     raw_records(store, lambda txn: [txn.put(record_key("enc-a", r.item_id), schema_1_value(r)) for r in old])
@@ -203,12 +204,14 @@ def test_values_of_the_previous_release_still_read_and_are_rewritten_in_schema_2
     assert store.encoder_stats("enc-a").live == 3
     assert export_snapshot(store, tmp_path / "export", "enc-a")
 
-    # verified, so its version still decides; a newer write is stored in schema 2
+    # verified, so its version still decides; a newer write is stored in the current schema, titled
     assert store.put_many([make_record("old-0", 2)]).as_counts() == {"written": 0, "deleted": 0, "stale": 1,
                                                                       "corrupt_replaced": 0}
     assert stored_schema(store, "enc-a", "old-0") == 1
-    assert store.put_many([make_record("old-0", 4)]).as_counts()["written"] == 1
-    assert stored_schema(store, "enc-a", "old-0") == 2
+    assert store.titles("enc-a", ["old-0", "old-1"]) == {"old-0": "", "old-1": ""}
+    assert store.put_many([make_record("old-0", 4, title="Old, now titled")]).as_counts()["written"] == 1
+    assert stored_schema(store, "enc-a", "old-0") == SCHEMA_VERSION
+    assert store.titles("enc-a", ["old-0", "old-1"]) == {"old-0": "Old, now titled", "old-1": ""}
 
     damaged = bytearray(schema_1_value(old[1]))
     damaged[HEADER.size + 5] ^= 0x10  # in the vectors
@@ -223,7 +226,8 @@ def test_values_of_the_previous_release_still_read_and_are_rewritten_in_schema_2
 def export_part(tmp_path, n_items: int = 40):
     """A real part exported from a real store: the store's records and the part's path."""
     source = EmbeddingStore.open(tmp_path / "source", create=True)
-    source.put_many([make_record(f"it-{n:04d}", 1 + n % 5, n_tokens=2, dim=16, retrieval_dim=4)
+    source.put_many([make_record(f"it-{n:04d}", 1 + n % 5, n_tokens=2, dim=16, retrieval_dim=4,
+                                 title=f"Item {n} — über" if n % 3 else "")
                      for n in range(n_items)] + [EmbeddingRecord.tombstone("gone", 3, "enc-a", job_id="st-1")])
     [part] = export_snapshot(source, tmp_path / "export", "enc-a")
     return {r.item_id: r for r in source.iter_records("enc-a", include_deleted=True)}, part
@@ -235,8 +239,8 @@ def assert_loaded(store_dir, expected: dict) -> None:
     for item_id, want in expected.items():
         got = loaded[item_id]
         assert (got.item_version, got.deleted, got.content_hash, got.job_id, got.source_tokens, got.truncated,
-                got.encoded_at) == (want.item_version, want.deleted, want.content_hash, want.job_id,
-                                    want.source_tokens, want.truncated, want.encoded_at), item_id
+                got.encoded_at, got.title) == (want.item_version, want.deleted, want.content_hash, want.job_id,
+                                               want.source_tokens, want.truncated, want.encoded_at, want.title), item_id
         np.testing.assert_array_equal(got.vectors, want.vectors)
         if want.retrieval_vector is not None:
             np.testing.assert_array_equal(got.retrieval_vector, want.retrieval_vector)
@@ -305,7 +309,7 @@ def test_parts_of_the_previous_release_are_refused_unless_allowed(tmp_path):
     expected, part = export_part(tmp_path)
     snapshot = tmp_path / "snap"
     snapshot.mkdir()
-    rewrite_part(part, snapshot / part.name, lambda table: table.drop_columns(["checksum"]))
+    rewrite_part(part, snapshot / part.name, lambda table: table.drop_columns(["checksum", "title"]))
 
     result = invoke("--store", tmp_path / "store", "load", snapshot)
     assert_one_line_error(result, 1, str(snapshot / part.name), "no row checksums", "mixlm-store export",
@@ -314,7 +318,48 @@ def test_parts_of_the_previous_release_are_refused_unless_allowed(tmp_path):
     loaded = invoke("--store", tmp_path / "store", "load", snapshot, "--allow-unverified", "-o", "json")
     assert loaded.exit_code == 0, loaded.output
     assert json.loads(loaded.stdout)["params"]["allow_unverified"] is True
-    assert_loaded(tmp_path / "store", expected)
+    assert_loaded(tmp_path / "store", {item_id: replace(r, title="") for item_id, r in expected.items()})
+
+
+def with_row_title(table: pa.Table, row: int, title: str) -> pa.Table:
+    titles = table.column("title").to_pylist()
+    titles[row] = title
+    return table.set_column(table.schema.get_field_index("title"), table.schema.field("title"),
+                            pa.array(titles, pa.string()))
+
+
+def test_a_row_whose_title_was_changed_fails_its_checksum(tmp_path):
+    expected, part = export_part(tmp_path)
+    assert expected["it-0016"].title == "Item 16 — über"
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    rewrite_part(part, snapshot / part.name, lambda table: with_row_title(table, 17, "Item 16 — uber"))
+    assert_one_line_error(invoke("--store", tmp_path / "new", "load", snapshot), 4, "row 17", "'it-0016'",
+                          "checksum")
+    assert not (tmp_path / "new").exists()
+
+
+def test_parts_written_before_titles_load_verified_with_empty_titles(tmp_path):
+    """A part of the release before titles: no title column, each row summed as a value of schema 2."""
+    expected, part = export_part(tmp_path)
+    untitled = {item_id: replace(r, title="") for item_id, r in expected.items()}
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+
+    def previous_release(table: pa.Table) -> pa.Table:
+        sums = pa.array([value_checksum(untitled[item_id], 2) for item_id in table.column("item_id").to_pylist()],
+                        pa.uint64())
+        table = table.drop_columns(["title"])
+        return table.set_column(table.schema.get_field_index("checksum"), table.schema.field("checksum"), sums)
+
+    rewrite_part(part, snapshot / part.name, previous_release)
+    loaded = invoke("--store", tmp_path / "store", "load", snapshot, "-o", "json")
+    assert loaded.exit_code == 0, loaded.output
+    assert json.loads(loaded.stdout)["params"]["allow_unverified"] is False
+    assert_loaded(tmp_path / "store", untitled)
+    # and such a part with a damaged row is still refused
+    rewrite_part(part, snapshot / part.name, lambda table: with_row_vectors(previous_release(table), 17, 1.001))
+    assert_one_line_error(invoke("--store", tmp_path / "again", "load", snapshot), 4, "row 17", "checksum")
 
 
 def test_a_parquet_file_that_is_not_a_snapshot_part(tmp_path):

@@ -24,7 +24,7 @@ N_LIVE = 23
 def records(dtype: str, encoder_id: str = "enc-a") -> list[EmbeddingRecord]:
     """23 live records (versions 1-3, retrieval vectors), then tombstones for item-3 and a never-live item."""
     live = [make_record(f"item-{n:02d}", 1 + n % 3, encoder_id=encoder_id, n_tokens=2, dim=6, dtype=dtype,
-                        retrieval_dim=4) for n in range(N_LIVE)]
+                        retrieval_dim=4, title=f"Item {n}: ünïcode" if n % 4 else "") for n in range(N_LIVE)]
     return live + [EmbeddingRecord.tombstone("item-03", 9, encoder_id, job_id="bf-test", encoded_at=1.7e9 + 0.25),
                    EmbeddingRecord.tombstone("ghost", 2, encoder_id, job_id="st-x")]
 
@@ -40,8 +40,8 @@ def latest(rows: list[EmbeddingRecord]) -> dict[str, EmbeddingRecord]:
 
 def assert_same(a: EmbeddingRecord, b: EmbeddingRecord) -> None:
     assert (a.item_id, a.item_version, a.encoder_id, a.deleted, a.content_hash, a.source_tokens, a.truncated,
-            a.job_id) == (b.item_id, b.item_version, b.encoder_id, b.deleted, b.content_hash, b.source_tokens,
-                          b.truncated, b.job_id)
+            a.job_id, a.title) == (b.item_id, b.item_version, b.encoder_id, b.deleted, b.content_hash,
+                                   b.source_tokens, b.truncated, b.job_id, b.title)
     assert a.encoded_at == pytest.approx(b.encoded_at, abs=1e-6)
     if a.deleted:
         assert b.retrieval_vector is None and b.n_tokens == 0
@@ -80,6 +80,7 @@ def test_writer_reader_round_trip(tmp_path, dtype):
         assert vectors_type.list_size == 2 and vectors_type.value_type.list_size == 6
         assert vectors_type.value_type.value_type == (pa.float32() if dtype == "float32" else pa.float16())
         assert schema.field("retrieval_vector").type.list_size == 4
+        assert schema.field("title").type == pa.string()
     back = list(read_snapshot(tmp_path))
     assert len(back) == len(original)
     for a, b in zip(original, back, strict=True):
