@@ -89,15 +89,13 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     first-stage scores (plain log-odds for a bundle without fusion weights).
     """
     if retriever == "bm25" and corpus is None:  # before any model loads
-        fail("--retriever bm25 needs --corpus", 2)
+        fail("--retriever bm25 needs --corpus", EXIT_USAGE)
     from mixlm.ranker.client import RankerClient
     from mixlm.ranker.retrieval import BM25Index
     from mixlm.store.index import VectorIndex
 
     client = RankerClient.open(bundle_dir, store_path)
     if retriever == "bm25":
-        if corpus is None:
-            fail("--retriever bm25 needs --corpus", EXIT_USAGE)
         from mixlm.schemas.beir import read_corpus
 
         docs = list(read_corpus(corpus))
