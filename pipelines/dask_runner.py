@@ -42,6 +42,7 @@ except ImportError as exc:  # the optional extra: pip install 'mixlm[dask]'
     raise InputError(f"--runner dask needs Dask: pip install 'mixlm[dask]' ({exc})") from None
 from apache_beam.runners.common import DoFnInvoker
 
+from mixlm.pipelines.runner import logger_level
 from mixlm.schemas import UnavailableError
 
 DASK_RUNNER = "mixlm.pipelines.dask_runner.DaskRunner"
@@ -89,7 +90,7 @@ def dask_cluster(address: str | None = None, workers: int | None = None,
     worker_env = {"OMP_NUM_THREADS": str(threads), "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"}
     saved = dict(os.environ)
     try:
-        with _quiet("distributed"), dask.config.set({"distributed.nanny.pre-spawn-environ": {
+        with logger_level("distributed", logging.WARNING), dask.config.set({"distributed.nanny.pre-spawn-environ": {
                 **dask.config.get("distributed.nanny.pre-spawn-environ"), **worker_env}}):
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                dashboard_address=None, silence_logs=logging.ERROR)
@@ -103,17 +104,6 @@ def dask_cluster(address: str | None = None, workers: int | None = None,
                 del os.environ[name]
             elif os.environ.get(name) != saved[name]:
                 os.environ[name] = saved[name]
-
-
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def apply_dofn_to_bundle(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers):

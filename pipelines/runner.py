@@ -123,15 +123,20 @@ def signals_cancel_job() -> Iterator[None]:
 
 
 @contextmanager
-def beam_failure_logs_silenced() -> Iterator[None]:
-    """Beam logs a failing DoFn's traceback; the job's manifest and the caller's exception already say it once."""
-    logger = logging.getLogger("apache_beam.runners.common")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """The named logger at ``level`` for the block, then back at its own."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
+
+
+def beam_failure_logs_silenced():
+    """Beam logs a failing DoFn's traceback; the job's manifest and the caller's exception already say it once."""
+    return logger_level("apache_beam.runners.common", logging.CRITICAL)
 
 
 def run_job(store: EmbeddingStore, job: JobManifest, run: Callable[[], None], log: Callable[[str], None],
