@@ -1,4 +1,4 @@
-"""``mixlm train domain|teacher|joint|pseudo-queries`` and ``mixlm eval``: thin commands over ``mixlm.training``.
+"""``mixlm train domain|teacher|joint|fusion|pseudo-queries`` and ``mixlm eval``: thin commands over ``mixlm.training``.
 
 Heavy imports happen inside the commands, so ``--help`` stays instant.
 """
@@ -192,6 +192,48 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
                          dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction,
                          phase2=dataclasses.replace(JointConfig.phase2, distill=distill_weight))
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=echo_err).path))
+
+
+@train.command()
+@bundle_option(help="the trained MixLM bundle whose fusion weights are refitted (its config is rewritten)")
+@click.option("--dataset", "datasets", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="a collection the bundle was trained on, for its dev queries (repeatable)")
+@click.option("--held-out", "held_out", multiple=True, metavar="STUDENT=DATASET",
+              help="a student bundle trained without DATASET: its scores on DATASET's dev queries stand for a "
+                   "collection nobody trained on (repeatable)")
+@click.option("--split", default=DataConfig.split, show_default=True, help="judgments the dev queries come from")
+@click.option("--holdout-every", type=click.IntRange(min=2), default=DataConfig.holdout_every, show_default=True,
+              help="the dev queries: every N-th query by a hash of its id, as in training")
+@click.option("--rerank-depth", type=click.IntRange(min=1), default=EVAL_RERANK_DEPTH, show_default=True,
+              help="each dev query's BM25 top-K is reranked")
+@output_option()
+@user_errors
+def fusion(bundle_dir, datasets, held_out, split, holdout_every, rerank_depth, output) -> None:
+    """Refit the final score's fusion weights so that they hold on collections nobody trained on.
+
+    The weights with the largest smallest gain over each case's best first stage win: every
+    --dataset's dev queries scored by the bundle, and every --held-out DATASET's scored by a
+    student that never saw it.
+    """
+    from mixlm.training.fusion_stage import refit_fusion
+
+    pairs = []
+    for spec in held_out:
+        student, sep, dataset = spec.partition("=")
+        if not sep or not Path(student).is_dir() or not Path(dataset).is_dir():
+            raise click.BadParameter(f"{spec!r}: expected STUDENT=DATASET, two existing folders",
+                                     param_hint="--held-out")
+        pairs.append((student, dataset))
+    _quiet_transformers()
+    data = DataConfig(datasets=tuple(str(Path(d).resolve()) for d in datasets), split=split,
+                      holdout_every=holdout_every)
+    report = refit_fusion(bundle_dir, data, pairs, depth=rerank_depth, log=echo_err)
+    rows = [{"case": name, **case["first_stages"], "mixlm": case["mixlm"], "final": case["final"]}
+            for name, case in report["cases"].items()]
+    table = (columns_table(rows, ("case", "bm25", "dense", "bm25+dense", "mixlm", "final"))
+             + f"\nfusion: mixlm 1, first_stage {report['fusion']['first_stage']}, dense {report['fusion']['dense']}"
+             + f"; smallest gain over a case's best first stage {report['worst_gain']:+.4f}")
+    click.echo(render({k: v for k, v in report.items() if k != "grid"}, output, table))
 
 
 @train.command("pseudo-queries")

@@ -42,10 +42,10 @@ from mixlm.schemas.beir import BeirDataset
 from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, merged_candidates
 from mixlm.training.config import JointConfig
 from mixlm.training.export import write_bundle
-from mixlm.training.fusion_fit import fit_fusion
+from mixlm.training.fusion_fit import FusionCase, fit_fusion
 from mixlm.training.losses import mixlm_loss
 from mixlm.training.run import RunDir, seed_everything, train_loop
-from mixlm.training.stages import named, trainable, training_data
+from mixlm.training.stages import dev_sets, named, trainable, training_data
 from mixlm.training.teacher import item_token_embeddings
 
 TARGETS_FILE = "targets.safetensors"
@@ -276,8 +276,9 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     log(f"joint: T_S={config.n_tokens}, {len(sampler)} training queries, groups of {config.data.group_size}, "
         f"{sum(p.numel() for p in params.values()):,} parameters trained")
     train_loop(run, params, step, config.loop, log=log, param_groups=groups)
-    if dev is not None:
-        report = _fit_fusion_on_dev(ranker, projection, encoded, inputs_for, dev, log)
+    devs = dev_sets(config.data, dev) if dev is not None else []
+    if devs:
+        report = _fit_fusion_on_dev(ranker, projection, inputs_for, devs, log)
         student_config = dataclasses.replace(student_config, fusion=report.pop("fusion"))
         (run.path / DEV_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     bundle = write_bundle(run.bundle_dir, teacher, student_config,
@@ -287,34 +288,32 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     return bundle
 
 
-def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded: EncodedTexts,
-                       inputs_for: Callable, dev: BeirDataset, log) -> dict:
-    """MixLM's dev NDCG@10 beside BM25's and dense's, and the fusion weights fitted on the dev queries."""
-    from mixlm.training.evaluation import ndcg_at_10
-    from mixlm.training.rerank_eval import bm25_dense_run, fused_run
-
-    candidates = bm25_candidates(dev, DEV_RERANK_DEPTH)
-    mixlm_run, dense_run = {}, {}
+def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, inputs_for: Callable,
+                       devs: list[BeirDataset], log) -> dict:
+    """MixLM's dev NDCG@10 beside the first stages', and the fusion weights fitted on each collection's dev queries."""
+    cases = []
     with torch.no_grad():
-        for qid, hits in candidates.items():
-            docs = [d for d, _ in hits]
-            pooled, retrieval = inputs_for([f"query:{qid}"] + [f"doc:{d}" for d in docs])
-            vectors = projection(pooled.float())
-            query = EncodedItem(vectors[0].cpu().numpy(), retrieval[0].cpu().numpy(), 0, False)
-            scores = ranker.score(dev.queries[qid], list(vectors[1:]), query_embedding=query,
-                                  item_retrieval=retrieval[1:]).log_odds
-            mixlm_run[qid] = dict(zip(docs, map(float, scores), strict=True))
-            dense_run[qid] = dict(zip(docs, map(float, (retrieval[1:] @ retrieval[0]).cpu().numpy()), strict=True))
-    fusion, grid = fit_fusion(dev.qrels, candidates, mixlm_run, dense_run,
-                              fitted_on=f"{dev.name}/{dev.split} ({len(dev.qrels)} queries)")
-    rows = {"bm25": {q: dict(hits) for q, hits in candidates.items()}, "dense": dense_run,
-            "bm25+dense": bm25_dense_run(candidates, dense_run), "mixlm": mixlm_run,
-            "final": fused_run(fusion, candidates, mixlm_run, dense_run)}
-    ndcg = {name: round(ndcg_at_10(dev.qrels, run)["ndcg@10"], 4) for name, run in rows.items()}
-    log("joint: dev NDCG@10 " + "  ".join(f"{k} {v}" for k, v in ndcg.items())
-        + f"  (fusion: first_stage {fusion.first_stage}, dense {fusion.dense})")
-    return {"queries": len(dev.qrels), "rerank_depth": DEV_RERANK_DEPTH, "ndcg@10": ndcg, "fusion": fusion,
-            "fusion_grid": grid["grid"]}
+        for dev in devs:
+            candidates = bm25_candidates(dev, DEV_RERANK_DEPTH)
+            mixlm_run, dense_run = {}, {}
+            for qid, hits in candidates.items():
+                docs = [d for d, _ in hits]
+                pooled, retrieval = inputs_for([f"query:{qid}"] + [f"doc:{d}" for d in docs])
+                vectors = projection(pooled.float())
+                query = EncodedItem(vectors[0].cpu().numpy(), retrieval[0].cpu().numpy(), 0, False)
+                scores = ranker.score(dev.queries[qid], list(vectors[1:]), query_embedding=query,
+                                      item_retrieval=retrieval[1:]).log_odds
+                mixlm_run[qid] = dict(zip(docs, map(float, scores), strict=True))
+                dense_run[qid] = dict(zip(docs, map(float, (retrieval[1:] @ retrieval[0]).cpu().numpy()), strict=True))
+            cases.append(FusionCase(dev.name, dev.qrels, candidates, mixlm_run, dense_run))
+    fitted_on = ", ".join(f"{d.name}/{d.split} ({len(d.qrels)} queries)" for d in devs)
+    fusion, report = fit_fusion(cases, fitted_on=fitted_on)
+    for name, case in report["cases"].items():
+        log(f"joint: dev NDCG@10 on {name}: " + "  ".join(f"{k} {v}" for k, v in case["first_stages"].items())
+            + f"  mixlm {case['mixlm']}  final {case['final']}")
+    log(f"joint: fusion first_stage {fusion.first_stage}, dense {fusion.dense}: smallest gain over a collection's "
+        f"best first stage {report['worst_gain']:+.4f}")
+    return {"rerank_depth": DEV_RERANK_DEPTH, "fusion": fusion, **report}
 
 
 def _precompute_targets(targets: TeacherTargets, pairs: list[Group], teacher: Bundle, config: JointConfig,

@@ -56,21 +56,11 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
     wanted = [m for m in EVAL_METHODS if m in methods]
     random_ndcg = _random_orderings(dataset, candidates, runs) if "random" in wanted else None
     if {"dense", "bm25+dense", "mixlm", "final"} & set(wanted):
-        started = time.monotonic()
-        encoded = _encode_candidates(bundle, dataset, candidates, log)
-        seconds["encode"] = time.monotonic() - started
-        runs["dense"] = _dense_run(candidates, encoded)
-        seconds["dense"] = time.monotonic() - started
+        need_mixlm = bool({"mixlm", "final"} & set(wanted))
+        runs["dense"], mixlm_run = candidate_runs(bundle, dataset, candidates, log, mixlm=need_mixlm, seconds=seconds)
         runs["bm25+dense"] = bm25_dense_run(candidates, runs["dense"])
-        if {"mixlm", "final"} & set(wanted):
-            from mixlm.ranker.model import MixedInputRanker
-
-            ranker = MixedInputRanker.from_bundle(bundle)
-            started = time.monotonic()
-            runs["mixlm"] = _rerank(dataset, candidates, lambda qid, docs: ranker.score(
-                dataset.queries[qid], [encoded[d].vectors for d in docs], query_embedding=encoded[("query", qid)],
-                item_retrieval=np.stack([encoded[d].retrieval_vector for d in docs])).log_odds, "mixlm", log)
-            seconds["mixlm"] = time.monotonic() - started
+        if need_mixlm:
+            runs["mixlm"] = mixlm_run
             runs["final"] = fused_run(bundle.config.fusion, candidates, runs["mixlm"], runs["dense"])
             seconds["final"] = seconds["mixlm"]
     text_methods = [(m, t) for m, t in (("truncated", truncate_tokens), ("fulltext", fulltext_tokens)) if m in wanted]
@@ -98,6 +88,29 @@ def evaluate(dataset_dir: str | Path, split: str, bundle_dir: str | Path, *, tea
             "teacher": str(Path(teacher_dir)) if teacher_dir else None,
             "fulltext_tokens": fulltext_tokens, "truncate_tokens": truncate_tokens, "results": results,
             "runs": runs}
+
+
+def candidate_runs(bundle, dataset: BeirDataset, candidates, log, *, mixlm: bool = True,
+                   seconds: dict | None = None) -> tuple[dict, dict | None]:
+    """``(dense run, MixLM run)`` over each query's candidates with the bundle's encoder and ranker
+    (the MixLM run is None without ``mixlm``); the seconds each took go into ``seconds``."""
+    seconds = {} if seconds is None else seconds
+    started = time.monotonic()
+    encoded = _encode_candidates(bundle, dataset, candidates, log)
+    seconds["encode"] = time.monotonic() - started
+    dense_run = _dense_run(candidates, encoded)
+    seconds["dense"] = time.monotonic() - started
+    if not mixlm:
+        return dense_run, None
+    from mixlm.ranker.model import MixedInputRanker
+
+    ranker = MixedInputRanker.from_bundle(bundle)
+    started = time.monotonic()
+    mixlm_run = _rerank(dataset, candidates, lambda qid, docs: ranker.score(
+        dataset.queries[qid], [encoded[d].vectors for d in docs], query_embedding=encoded[("query", qid)],
+        item_retrieval=np.stack([encoded[d].retrieval_vector for d in docs])).log_odds, "mixlm", log)
+    seconds["mixlm"] = time.monotonic() - started
+    return dense_run, mixlm_run
 
 
 def _random_orderings(dataset: BeirDataset, candidates, runs: dict) -> float:

@@ -29,6 +29,14 @@ def training_data(config: DataConfig, log) -> tuple[BeirDataset, BeirDataset | N
     return train, dev
 
 
+def dev_sets(config: DataConfig, dev: BeirDataset) -> list[BeirDataset]:
+    """``dev`` split by collection, each part over its own collection's corpus (for choices that must hold on each)."""
+    parts = [BeirDataset.load(path, config.split) for path in config.datasets]
+    sets = [BeirDataset(part.name, dev.split, part.corpus, {q: t for q, t in dev.queries.items() if q in part.queries},
+                        {q: j for q, j in dev.qrels.items() if q in part.queries}) for part in parts]
+    return [s for s in sets if s.qrels]
+
+
 def combined(parts: list[BeirDataset]) -> BeirDataset:
     """One collection of several: documents, queries and judgments side by side, ids kept as they are.
 

@@ -12,7 +12,7 @@ from .conftest import SCIFACT
 
 
 @pytest.mark.parametrize("command", [["train"], ["train", "domain"], ["train", "teacher"], ["train", "joint"],
-                                     ["eval"]])
+                                     ["train", "fusion"], ["eval"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output

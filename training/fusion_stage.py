@@ -1,0 +1,76 @@
+"""Refitting a trained bundle's fusion weights so that they also hold on collections nobody trained on.
+
+The joint stage fits the weights on the dev queries of the collections the student learned, where
+MixLM is at its strongest, so they lean on MixLM more than a new collection warrants. Here the
+fit adds *held-out* cases: a collection's dev queries scored by another student trained without
+that collection, which stands for a catalog the shipped student has never seen. The weights that
+win have the largest smallest gain over each case's best first stage (``fit_fusion``); they are
+written into the bundle's ``mixlm.json``, the rest of the bundle unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mixlm.encoders.bundle import Bundle, load_bundle
+from mixlm.encoders.config import CONFIG_NAME
+from mixlm.schemas.beir import BeirDataset
+from mixlm.schemas.errors import InputError
+from mixlm.training.candidates import bm25_candidates
+from mixlm.training.config import DataConfig
+from mixlm.training.fusion_fit import FusionCase, fit_fusion
+from mixlm.training.rerank_eval import candidate_runs
+from mixlm.training.stages import dev_sets, training_data
+
+
+def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tuple[str | Path, str | Path]], *,
+                 depth: int, log: Callable[[str], None]) -> dict:
+    """Fit the bundle's fusion on its collections' dev queries and the held-out cases; returns the report."""
+    bundle = load_bundle(bundle_dir)
+    unseen = []  # checked before anything is scored
+    for student_dir, dataset_dir in held_out:
+        student = load_bundle(student_dir)
+        for dev in _devs(dataclasses.replace(data, datasets=(str(dataset_dir),))):
+            _refuse_if_trained_on(student, dev.name)
+            unseen.append((student, dev, f"{dev.name} (unseen by {student_dir})"))
+    cases = [_case(bundle, dev, dev.name, depth, log) for dev in _devs(data)]
+    cases += [_case(student, dev, name, depth, log) for student, dev, name in unseen]
+    fitted_on = ", ".join(f"{case.name}: dev ({len(case.qrels)} queries)" for case in cases)
+    fusion, report = fit_fusion(cases, fitted_on=fitted_on)
+    bundle.config = dataclasses.replace(bundle.config, fusion=fusion)
+    _save_config(bundle)
+    return {"bundle": str(bundle.path), "fusion": dataclasses.asdict(fusion), **report}
+
+
+def _devs(data: DataConfig) -> list[BeirDataset]:
+    _, dev = training_data(data, lambda line: None)
+    if dev is None:
+        raise InputError("no dev queries to fit on: give --holdout-every N (N >= 2)")
+    return dev_sets(data, dev)
+
+
+def _refuse_if_trained_on(student: Bundle, collection: str) -> None:
+    """A student whose own fusion was fitted on a collection's dev queries was trained on that collection."""
+    fitted_on = student.config.fusion.fitted_on if student.config.fusion else ""
+    if any(part.strip().startswith(f"{collection}/") or part.strip().startswith(f"{collection}:")
+           for part in fitted_on.split(",")):
+        raise InputError(f"{student.path} was trained on {collection}, so it cannot stand for a collection "
+                         "nobody trained on; give a student trained without it")
+
+
+def _case(bundle: Bundle, dev: BeirDataset, name: str, depth: int, log) -> FusionCase:
+    candidates = bm25_candidates(dev, depth)
+    log(f"fusion: scoring {len(dev.qrels)} dev queries of {name} with {bundle.path}")
+    dense_run, mixlm_run = candidate_runs(bundle, dev, candidates, log)
+    return FusionCase(name, dev.qrels, candidates, mixlm_run, dense_run)
+
+
+def _save_config(bundle: Bundle) -> None:
+    """The bundle's config file replaced atomically: a reader sees the old weights or the new, never half a file."""
+    staging = bundle.path / ".fusion-staging"
+    staging.mkdir(exist_ok=True)
+    bundle.config.save(staging)
+    (staging / CONFIG_NAME).replace(bundle.path / CONFIG_NAME)
+    staging.rmdir()
