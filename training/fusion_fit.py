@@ -65,7 +65,8 @@ def fit_fusion(cases: Sequence[FusionCase], *, fitted_on: str, use_dense: bool =
             key = (round(min(gains), 6), round(sum(gains) / len(gains), 6), -first_stage, -dense)
             grid.append((key, config, scores))
     key, best, best_scores = max(grid, key=lambda row: row[0])
-    report = {"cases": {case.name: {"first_stages": {k: round(v, 4) for k, v in baselines[case.name].items()},
+    report = {"cases": {case.name: {"queries": len(case.qrels),
+                                    "first_stages": {k: round(v, 4) for k, v in baselines[case.name].items()},
                                     "mixlm": round(case.ndcg(case.mixlm_run), 4),
                                     "final": round(best_scores[case.name], 4)} for case in cases},
               "worst_gain": key[0], "mean_gain": key[1],

@@ -34,10 +34,13 @@ def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tu
         student = load_bundle(student_dir)
         for dev in _devs(dataclasses.replace(data, datasets=(str(dataset_dir),))):
             _refuse_if_trained_on(student, dev.name)
-            unseen.append((student, dev, f"{dev.name} (unseen by {student_dir})"))
-    cases = [_case(bundle, dev, dev.name, depth, log) for dev in _devs(data)]
-    cases += [_case(student, dev, name, depth, log) for student, dev, name in unseen]
-    fitted_on = ", ".join(f"{case.name}: dev ({len(case.qrels)} queries)" for case in cases)
+            unseen.append((student, dev, student_dir))
+    own = _devs(data)
+    cases = [_case(bundle, dev, dev.name, depth, log) for dev in own]
+    cases += [_case(student, dev, f"{dev.name} (unseen by {where})", depth, log) for student, dev, where in unseen]
+    fitted_on = ", ".join([f"{dev.name}/{dev.split} ({len(dev.qrels)} queries)" for dev in own]
+                          + [f"{dev.name}/{dev.split} ({len(dev.qrels)} queries) scored by {where}"
+                             for _, dev, where in unseen])
     fusion, report = fit_fusion(cases, fitted_on=fitted_on)
     bundle.config = dataclasses.replace(bundle.config, fusion=fusion)
     _save_config(bundle)
@@ -54,8 +57,7 @@ def _devs(data: DataConfig) -> list[BeirDataset]:
 def _refuse_if_trained_on(student: Bundle, collection: str) -> None:
     """A student whose own fusion was fitted on a collection's dev queries was trained on that collection."""
     fitted_on = student.config.fusion.fitted_on if student.config.fusion else ""
-    if any(part.strip().startswith(f"{collection}/") or part.strip().startswith(f"{collection}:")
-           for part in fitted_on.split(",")):
+    if any(part.strip().startswith(f"{collection}/") for part in fitted_on.split(",")):
         raise InputError(f"{student.path} was trained on {collection}, so it cannot stand for a collection "
                          "nobody trained on; give a student trained without it")
 

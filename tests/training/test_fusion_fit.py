@@ -96,7 +96,8 @@ def test_the_fusion_command_refits_the_bundle_with_a_held_out_case(tiny_students
     assert sorted(report["cases"]) == [f"pq (unseen by {student})", "scifact"]
     bundle = load_bundle(student)
     bundle.check_encoder_id()  # only the fusion changed: the stored vectors stay valid
-    assert f"pq (unseen by {student})" in bundle.config.fusion.fitted_on
+    assert f"pq/train-dev ({report['cases'][f'pq (unseen by {student})']['queries']} queries) scored by {student}" \
+        in bundle.config.fusion.fitted_on
     assert (bundle.config.fusion.first_stage, bundle.config.fusion.dense) == (report["fusion"]["first_stage"],
                                                                            report["fusion"]["dense"])
 
