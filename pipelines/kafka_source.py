@@ -12,7 +12,9 @@ after the bundle's outputs, the sink's LMDB commit included, are durable. Beam's
 finalizes a bundle before it starts the next one, and kafka-python rebalances only inside
 ``poll``, at the start of a call; so when partitions are revoked, everything read from them
 is durable, and the revocation commits any durable offset whose commit had failed before the
-partitions are given up. A member that dies cannot commit: the next owner re-reads from the
+partitions are given up, and rewinds each to its first record read but not yet handed out (the
+eager protocol revokes every partition, and kafka-python keeps the position of those it hands
+back to the same member). A member that dies cannot commit: the next owner re-reads from the
 group's last commit (harmlessly: versions decide). A member evicted from the group
 (``on_partitions_lost``) commits nothing more for those partitions.
 
@@ -183,7 +185,7 @@ class GroupReader(AsyncConsumerRebalanceListener):
     # --- rebalance callbacks: kafka-python awaits them on its IO thread, inside ``poll`` or ``close``
 
     async def on_partitions_revoked(self, revoked):
-        """Commit what is durable of the partitions given up, then forget them.
+        """Commit what is durable of the partitions given up, rewind to what is queued, then forget them.
 
         Every record read from them is durable by now: the runner finalized every earlier
         bundle before the call whose ``poll`` runs this. Only commits that failed are left.
@@ -198,16 +200,34 @@ class GroupReader(AsyncConsumerRebalanceListener):
                              _describe(due), _first_line(exc))
             else:
                 self._committed(due)
+        self._rewind(revoked)
         self._forget(revoked)
 
     async def on_partitions_lost(self, lost):
         """Evicted from the group (a session that timed out): the partitions are someone else's, commit nothing."""
-        self._forget(set(lost))
+        lost = set(lost)
+        self._rewind(lost)
+        self._forget(lost)
 
     async def on_partitions_assigned(self, assigned):
         with self._lock:
             self.assigned |= set(assigned)
             self._reassigned = True
+
+    def _rewind(self, tps: set[TopicPartition]) -> None:
+        """Point the consumer back at the first queued record of each of ``tps``, which ``_forget`` drops.
+
+        The eager protocol revokes every partition, and kafka-python keeps the position of each
+        one the rebalance hands back to this member: without the rewind, the queued records
+        of such a partition would never be read, and later commits would skip past them.
+        """
+        with self._lock:
+            firsts = {tp: self.queues[tp][0].offset for tp in tps if self.queues.get(tp)}
+        for tp, offset in firsts.items():
+            try:
+                self.consumer.seek(tp, offset)
+            except ValueError:  # no longer assigned: its next owner starts from the group's commit
+                pass
 
     def _forget(self, tps: set[TopicPartition]) -> None:
         with self._lock:

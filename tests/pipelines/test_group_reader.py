@@ -21,6 +21,7 @@ class FakeConsumer:
     def __init__(self, batches):
         self.batches = [(tp, list(records)) for tp, records in batches]  # kafka-python's completed fetches, in order
         self.commits = []  # (kind, {tp: offset})
+        self.seeks = {}  # tp: the offset the next poll starts from
         self.fail_commits = False
         self.listener = None
         self.closed = False
@@ -40,6 +41,9 @@ class FakeConsumer:
             else:
                 self.batches.pop(0)
         return out
+
+    def seek(self, tp, offset):
+        self.seeks[tp] = offset
 
     def commit(self, offsets, timeout_ms=None):
         if self.fail_commits:
@@ -122,6 +126,8 @@ def test_queued_records_of_revoked_partitions_are_dropped_uncommitted():
     reader.made_durable({P0: max(r.offset for r in taken if r.partition == 0) + 1})
     asyncio.run(reader.on_partitions_revoked({P0}))
     assert all(tp != P0 for tp in reader.queues)  # the next owner reads them from the group's commit
+    # ... and if the rebalance hands P0 back, kafka-python's position is where the queue began
+    assert consumer.seeks == {P0: 5}
     assert {r.partition for r in reader.read()} == {1}
     assert consumer.commits == [("sync", {P0: 5})]  # only what was durable
 
@@ -133,6 +139,7 @@ def test_lost_partitions_commit_nothing():
     reader.made_durable({P0: 10})
     asyncio.run(reader.on_partitions_lost({P0, P1, P2}))
     assert consumer.commits == [] and reader.assigned == set()
+    assert consumer.seeks == {}  # nothing was queued: every record read was handed out
 
 
 def test_the_assignment_is_reported_after_the_rebalance(monkeypatch):

@@ -16,6 +16,7 @@ import time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mixlm.encoders.config import BundleConfig
+from mixlm.pipelines.kafka_source import CONSUMER_DEFAULTS, GroupReader
 from mixlm.pipelines.produce import ensure_topic
 from mixlm.pipelines.streaming import run_stream
 from mixlm.store import EmbeddingStore
@@ -126,6 +127,66 @@ def test_two_consumers_split_the_partitions_and_read_every_event_once(tiny_bundl
     dead = sum(job.counts.dead_lettered for job in jobs)
     assert dead == 8 if replays == 0 else dead >= 8
     assert_store_matches(store, jobs[0].encoder_id, expected)
+
+
+def _member(bootstrap_servers: str, topic: str, group: str, **kwargs) -> GroupReader:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False,
+                             **{**CONSUMER_DEFAULTS, "max_poll_records": 10})
+    return GroupReader(consumer, topic, poll_ms=100, **kwargs)
+
+
+def test_a_member_that_keeps_a_partition_through_a_rebalance_skips_none_of_its_queued_records(kafka_broker):
+    """Eager rebalances revoke every partition; kafka-python keeps the position of those handed back.
+
+    The first member queues more records than it hands out, then a second member joins: the
+    records the first one dropped at the revocation must still be read, by whoever owns them.
+    """
+    bootstrap = kafka_broker.bootstrap_servers
+    topic, per_partition = "rebalanced", 150
+    ensure_topic(bootstrap, topic, 2)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    for partition in (0, 1):
+        for offset in range(per_partition):
+            producer.send(topic, value=b"%d" % offset, partition=partition)
+    producer.flush()
+    producer.close()
+    expected = {(partition, offset) for partition in (0, 1) for offset in range(per_partition)}
+    delivered: list[set] = [set(), set()]
+    stop = threading.Event()
+
+    def consume(index: int, reader: GroupReader) -> None:
+        try:
+            while not stop.is_set():
+                batch = reader.read()
+                if batch:  # a bundle made durable at once: commit what was handed out
+                    delivered[index].update((r.partition, r.offset) for r in batch)
+                    ends = {}
+                    for r in batch:
+                        ends[TopicPartition(r.topic, r.partition)] = r.offset + 1
+                    reader.made_durable(ends)
+                if index == 0:  # the first member reads slowly, so its queues stay full through the rebalance
+                    time.sleep(0.2)
+        finally:
+            reader.close()
+
+    first = _member(bootstrap, topic, "keepers", max_records=10, buffered=1_000)
+    threads = [threading.Thread(target=consume, args=(0, first), daemon=True)]
+    threads[0].start()
+    _wait(lambda: len(first.assigned) == 2 and first.queued() >= 2 * per_partition - 100, 60,
+          "the first member to hold both partitions and queue most of them")
+    second = _member(bootstrap, topic, "keepers", max_records=10)
+    threads.append(threading.Thread(target=consume, args=(1, second), daemon=True))
+    threads[1].start()
+    try:
+        _wait(lambda: len(first.assigned) == 1 and len(second.assigned) == 1, 60, "the partitions to be split")
+        kept = next(iter(first.assigned)).partition
+        _wait(lambda: delivered[0] | delivered[1] >= expected, 60, "every record to be handed out")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert any(p == kept for p, _ in delivered[0])  # the first member went on reading the partition it kept
+    assert (delivered[0] | delivered[1]) == expected
 
 
 class VersionWatch:
