@@ -19,8 +19,10 @@ from mixlm.encoders.config import FusionConfig
 from mixlm.schemas.errors import InputError
 from mixlm.training.evaluation import ndcg_at_10
 
-FIRST_STAGE_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-DENSE_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+# Up to 4 each: equal large weights leave MixLM a small tilt on BM25+dense, which is what a
+# weak student on an unfamiliar collection warrants (the grid must reach that far to offer it).
+FIRST_STAGE_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+DENSE_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from mixlm.cli import main
 from mixlm.encoders.bundle import load_bundle
 from mixlm.encoders.config import FusionConfig, LoraConfig
 from mixlm.training.config import JointConfig, LoopConfig
-from mixlm.training.fusion_fit import FusionCase, fit_fusion
+from mixlm.training.fusion_fit import DENSE_GRID, FIRST_STAGE_GRID, FusionCase, fit_fusion
 from mixlm.training.joint import train_joint
 from mixlm.training.rerank_eval import fused_run
 
@@ -100,6 +100,11 @@ def test_the_fusion_command_refits_the_bundle_with_a_held_out_case(tiny_students
         in bundle.config.fusion.fitted_on
     assert (bundle.config.fusion.first_stage, bundle.config.fusion.dense) == (report["fusion"]["first_stage"],
                                                                            report["fusion"]["dense"])
+    # the JSON keeps every grid point, so a user can see how close the runners-up were
+    chosen = [row for row in report["grid"] if (row["first_stage"], row["dense"]) == (bundle.config.fusion.first_stage,
+                                                                                   bundle.config.fusion.dense)]
+    assert len(report["grid"]) == len(FIRST_STAGE_GRID) * len(DENSE_GRID) and len(chosen) == 1
+    assert sorted(chosen[0]["ndcg@10"]) == sorted(report["cases"])
 
 
 def test_a_held_out_student_that_saw_the_collection_is_refused(tiny_students):
