@@ -24,7 +24,7 @@ from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
 from mixlm.output import echo_err, output_option, render
 from mixlm.pipelines.kafka_options import KafkaOptions, kafka_client_options
 from mixlm.schemas import ValidationError, parse_item_event
-from mixlm.schemas.errors import InputError, MixlmError
+from mixlm.schemas.errors import InputError, UnavailableError
 from mixlm.schemas.item_event import decode_json, rejection_reason
 
 DEFAULT_PARTITIONS = 2
@@ -32,8 +32,8 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_WARNINGS = 20  # invalid lines warned one by one; the rest are counted
 
 
-class ProduceError(MixlmError, RuntimeError):
-    """Kafka could not be reached, or events failed to send; one line for people."""
+class ProduceError(UnavailableError):
+    """Kafka could not be reached, or events failed to send; one line for people (exit 5, as ``stream``'s)."""
 
 
 @dataclass

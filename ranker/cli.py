@@ -109,9 +109,9 @@ def search(query, bundle_dir, store_path, k, rerank, retriever, corpus, output):
     first_stage = {hit.item_id: hit.score for hit in hits}
     reranked = client.rank(query, [hit.item_id for hit in hits[:rerank]], first_stage_scores=first_stage).items \
         if rerank else []
-    titles = client.store.titles(client.ranker.encoder_id, [hit.item_id for hit in hits])
+    titles = client.store.titles(client.ranker.encoder_id, [hit.item_id for hit in hits[rerank:]])
     rows = [{"rank": n, "item_id": item.item_id, "score": round(item.score, 4), "p_yes": round(item.p_yes, 6),
-             "first_stage": round(first_stage[item.item_id], 4), "title": titles.get(item.item_id, "")}
+             "first_stage": round(first_stage[item.item_id], 4), "title": item.title}
             for n, item in enumerate(reranked, start=1)]
     rows += [{"rank": len(rows) + n, "item_id": hit.item_id, "score": None, "p_yes": None,
               "first_stage": round(hit.score, 4), "title": titles.get(hit.item_id, "")}

@@ -108,7 +108,8 @@ class RankerClient:
                 absent = [i for i in unique if i not in request.first_stage_scores]
                 if absent:
                     raise InputError(f"first_stage_scores lacks {len(absent)} of the item ids, e.g. {absent[0]!r}")
-            lookups.append(self.store.get_many(self.ranker.encoder_id, unique, retrieval=self.needs_retrieval))
+            lookups.append(self.store.get_many(self.ranker.encoder_id, unique, retrieval=self.needs_retrieval,
+                                               titles=True))
         queries = self._query_embeddings([r.query for r in requests])
         if self.backend == "naive":
             scores = [self.ranker.score(r.query, list(lookup.vectors), backend="naive", query_embedding=query,
@@ -127,10 +128,10 @@ class RankerClient:
                 if self.uses_dense and lookup.item_ids:
                     dense = lookup.retrieval_vectors.astype(np.float64) @ query.retrieval_vector.astype(np.float64)
             final = fuse(self.fusion, score.log_odds, first_stage=first_stage, dense=dense)
-            titles = self.store.titles(self.ranker.encoder_id, lookup.item_ids)
-            results.append(RankResult([ScoredItem(item_id, float(f), float(p), float(lo), titles.get(item_id, ""))
-                                       for item_id, f, p, lo in
-                                       zip(lookup.item_ids, final, score.p_yes, score.log_odds, strict=True)],
+            results.append(RankResult([ScoredItem(item_id, float(f), float(p), float(lo), title)
+                                       for item_id, f, p, lo, title in
+                                       zip(lookup.item_ids, final, score.p_yes, score.log_odds, lookup.titles,
+                                           strict=True)],
                                       lookup.missing))
         return results
 

@@ -173,13 +173,30 @@ def decode_title(value: bytes | memoryview, key: bytes) -> tuple[bool, str]:
     return header.deleted, _title(value, header)
 
 
-def _title(value: bytes | memoryview, header: ValueHeader) -> str:
-    if not header.title_len:
+def lookup_title(value: bytes | memoryview) -> str:
+    """The display title of a value ``lookup_fields`` has verified, without verifying it again."""
+    (_sum, _magic, schema_version, _flags, dtype_code, n_tokens, dim, retrieval_dim, _version, _source,
+     job_id_len, _encoded_at, _hash) = HEADER.unpack_from(value)
+    if schema_version <= UNTITLED_SCHEMA_VERSION:
         return ""
+    start = PAYLOAD_OFFSET + (n_tokens * dim + retrieval_dim) * _CODE_DTYPES[dtype_code].itemsize + job_id_len
+    length = _TITLE_LEN.unpack_from(value, start)[0] if len(value) >= start + _TITLE_LEN.size else -1
+    if len(value) != start + _TITLE_LEN.size + length:
+        raise CorruptRecordError(f"value is {len(value)} bytes, its header's layout and title length say otherwise")
+    return _title_text(value, start + _TITLE_LEN.size, length)
+
+
+def _title(value: bytes | memoryview, header: ValueHeader) -> str:
     start = (PAYLOAD_OFFSET + header.vectors_nbytes + header.retrieval_dim * header.dtype.itemsize
              + header.job_id_len + _TITLE_LEN.size)
+    return _title_text(value, start, header.title_len)
+
+
+def _title_text(value: bytes | memoryview, start: int, length: int) -> str:
+    if not length:
+        return ""
     try:
-        return bytes(value[start:start + header.title_len]).decode("utf-8")
+        return bytes(value[start:start + length]).decode("utf-8")
     except UnicodeDecodeError as exc:  # it passed the checksum: written so, a writer's bug
         raise CorruptRecordError(f"its title is not UTF-8 ({exc.reason})") from None
 

@@ -26,6 +26,7 @@ from mixlm.schemas.lmdb_value import (
     decode_value,
     encode_value,
     lookup_fields,
+    lookup_title,
     record_key,
 )
 from mixlm.store.dead_letters import DeadLetterLog
@@ -60,6 +61,7 @@ class Lookup:
     vectors: np.ndarray  # [len(item_ids), T_S, dim]
     missing: list[str] = field(default_factory=list)
     retrieval_vectors: np.ndarray | None = None  # [len(item_ids), d], when asked for
+    titles: list[str] | None = None  # display titles in item_ids' order, when asked for
 
 
 @dataclass
@@ -264,14 +266,16 @@ class EmbeddingStore:
         return out
 
     def get_many(self, encoder_id: str, item_ids: Sequence[str], *, dtype: str | None = None,
-                 retrieval: bool = False) -> Lookup:
+                 retrieval: bool = False, titles: bool = False) -> Lookup:
         """Vectors ``[n, T_S, dim]`` of the live items among ``item_ids`` in one read transaction.
 
         Missing and deleted ids are listed in ``missing``; checksums are verified. With
         ``retrieval`` the items' retrieval vectors ``[n, d]`` come too (an item stored without
-        one is an error: the caller's ranker needs it).
+        one is an error: the caller's ranker needs it); with ``titles`` their display titles,
+        from the same versions as the vectors.
         """
         found: list[str] = []
+        found_titles: list[str] | None = [] if titles else None
         missing: list[str] = []
         prefix = encoder_id.encode() + _SEP
         out: np.ndarray | None = None
@@ -311,16 +315,21 @@ class EmbeddingStore:
                     size = retrieval_dim * value_dtype.itemsize
                     begin = PAYLOAD_OFFSET + row_bytes
                     retrieval_raw[len(found) * size:(len(found) + 1) * size] = value[begin:begin + size]
+                if found_titles is not None:
+                    try:
+                        found_titles.append(lookup_title(value))
+                    except CorruptRecordError as exc:
+                        raise CorruptItemError(encoder_id, item_id, str(exc)) from None
                 found.append(item_id)
         if out is None:
             return Lookup(found, np.empty((0, 0, 0), dtype=dtype or "float32"), missing,
-                          np.empty((0, 0), dtype=dtype or "float32") if retrieval else None)
+                          np.empty((0, 0), dtype=dtype or "float32") if retrieval else None, found_titles)
         vectors = out[: len(found)]
         kept = None if retrieval_out is None else retrieval_out[: len(found)]
         if dtype is not None:
             vectors = vectors.astype(dtype)
             kept = None if kept is None else kept.astype(dtype)
-        return Lookup(found, vectors, missing, kept)
+        return Lookup(found, vectors, missing, kept, found_titles)
 
     def iter_records(self, encoder_id: str, *, include_deleted: bool = False) -> Iterator[EmbeddingRecord]:
         """Every record of one encoder in key order, in one read transaction."""

@@ -44,7 +44,7 @@ CODES = [
     (CorruptRecordError, EXIT_CORRUPT), (UnavailableError, EXIT_UNAVAILABLE),
     (StoreError, EXIT_ERROR), (StoreNotFoundError, EXIT_NO_STORE), (JobNotFoundError, EXIT_NOT_FOUND),
     (EncoderNotFoundError, EXIT_NOT_FOUND), (StoreCorruptError, EXIT_CORRUPT), (CorruptItemError, EXIT_CORRUPT),
-    (EncoderMismatchError, EXIT_ERROR), (BrokerError, EXIT_ERROR), (ProduceError, EXIT_ERROR),
+    (EncoderMismatchError, EXIT_ERROR), (BrokerError, EXIT_ERROR), (ProduceError, EXIT_UNAVAILABLE),
     (FetchError, EXIT_ERROR), (BaseMismatchError, EXIT_ERROR), (SplitLeakError, EXIT_ERROR),
     (EvaluationCorpusError, EXIT_ERROR), (ServerError, EXIT_UNAVAILABLE), (ServerBusyError, EXIT_UNAVAILABLE),
     (RequestRejected, EXIT_ERROR),

@@ -26,6 +26,7 @@ from mixlm.schemas.lmdb_value import (
     decode_value,
     encode_value,
     lookup_fields,
+    lookup_title,
     record_key,
     value_checksum,
 )
@@ -175,7 +176,7 @@ def test_schema_2_values_still_read_and_verify_with_an_empty_title():
     assert struct.unpack_from("<H", old, 12) == (2,) and len(old) == len(encode_value(record)) - 2
     back = decode_value(old, "item-1", "enc-a")
     assert_same_record(record, back)
-    assert back.title == "" and decode_title(old, KEY) == (False, "")
+    assert back.title == "" and decode_title(old, KEY) == (False, "") and lookup_title(old) == ""
     assert lookup_fields(old, KEY) == (False, np.dtype("float32"), 2, 4, 3)
     with pytest.raises(CorruptRecordError, match="checksum"):
         decode_header(old, record_key("enc-a", "jtem-1"))
@@ -193,6 +194,10 @@ def test_the_title_is_covered_by_the_checksum():
         for check in (decode_header, lookup_fields, decode_title):
             with pytest.raises(CorruptRecordError):
                 check(bytes(damaged), KEY)
+    assert lookup_title(value) == TITLE  # the lean path, after lookup_fields verified the value
+    for cut in (value[:-1], value + b"x"):  # a title length that disagrees with the value's size
+        with pytest.raises(CorruptRecordError, match="title length"):
+            lookup_title(cut)
     # a title swapped for another of the same length, the checksum left as it was
     swapped = value[:start] + TITLE.upper().encode()[:len(TITLE.encode())]
     assert len(swapped) == len(value)

@@ -212,6 +212,9 @@ def test_values_of_the_first_release_still_read_and_are_rewritten_in_the_current
     assert store.put_many([make_record("old-0", 4, title="Old, now titled")]).as_counts()["written"] == 1
     assert stored_schema(store, "enc-a", "old-0") == SCHEMA_VERSION
     assert store.titles("enc-a", ["old-0", "old-1"]) == {"old-0": "Old, now titled", "old-1": ""}
+    # a batch lookup reads each value once: titles of both schemas beside their vectors, in request order
+    assert store.get_many("enc-a", ["absent", "old-0"], titles=True).titles == ["Old, now titled"]
+    assert store.get_many("enc-a", ["old-2", "old-1"], titles=True).titles == ["", ""]  # schema 1: untitled
 
     damaged = bytearray(schema_1_value(old[1]))
     damaged[HEADER.size + 5] ^= 0x10  # in the vectors
