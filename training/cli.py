@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from mixlm.encoders.cli import _quiet_transformers
 from mixlm.encoders.config import LoraConfig, RankerInputs
 from mixlm.errors import user_errors
 from mixlm.options import bundle_option
@@ -100,7 +99,6 @@ def teacher(bundle_dir, datasets, split, bm25_depth, group_size, queries_per_ste
     """Stage 2: fine-tune the ranker on (query, full item text) with KL(p* || p); prints the teacher bundle."""
     from mixlm.training.teacher import train_teacher
 
-    _quiet_transformers()
     data, loop = _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries,
                                 holdout_every, steps, lr, checkpoint_every, seed)
     config = TeacherConfig(data, loop, LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
@@ -129,7 +127,6 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
     """Stage 1 (optional): adapt the ranker LM to the corpus text; the teacher stage continues its adapter."""
     from mixlm.training.domain import train_domain
 
-    _quiet_transformers()
     config = DomainConfig(str(Path(dataset).resolve()), _loop(steps, lr, checkpoint_every, seed),
                           LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank, top_layers=lora_layers),
                           docs_per_step, max_tokens)
@@ -181,7 +178,6 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
 
     from mixlm.training.joint import train_joint
 
-    _quiet_transformers()
     data, loop = _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries,
                                 holdout_every, steps, lr, checkpoint_every, seed)
     encoder_lora = LoraConfig(rank=16, alpha=32.0, top_layers=encoder_lora_layers) if encoder_lora_layers else None
@@ -224,7 +220,6 @@ def fusion(bundle_dir, datasets, held_out, split, holdout_every, rerank_depth, o
             raise click.BadParameter(f"{spec!r}: expected STUDENT=DATASET, two existing folders",
                                      param_hint="--held-out")
         pairs.append((student, dataset))
-    _quiet_transformers()
     data = DataConfig(datasets=tuple(str(Path(d).resolve()) for d in datasets), split=split,
                       holdout_every=holdout_every)
     report = refit_fusion(bundle_dir, data, pairs, depth=rerank_depth, log=echo_err)
@@ -284,7 +279,6 @@ def evaluate(dataset, split, bundle_dir, teacher_dir, rerank_depth, max_queries,
     """NDCG@10 (pytrec_eval) of BM25, dense retrieval vectors, text rankers, MixLM and the final score on one split."""
     from mixlm.training.rerank_eval import evaluate as run_evaluation
 
-    _quiet_transformers()
     report = run_evaluation(dataset, split, bundle_dir, teacher_dir=teacher_dir,
                             methods=[m.strip() for m in methods.split(",") if m.strip()], depth=rerank_depth,
                             max_queries=max_queries, fulltext_tokens=fulltext_tokens,
