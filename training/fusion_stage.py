@@ -22,7 +22,7 @@ from mixlm.training.candidates import bm25_candidates
 from mixlm.training.config import DataConfig
 from mixlm.training.fusion_fit import FusionCase, fit_fusion
 from mixlm.training.rerank_eval import candidate_runs
-from mixlm.training.stages import dev_sets, training_data
+from mixlm.training.stages import training_data
 
 
 def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tuple[str | Path, str | Path]], *,
@@ -48,10 +48,10 @@ def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tu
 
 
 def _devs(data: DataConfig) -> list[BeirDataset]:
-    _, dev = training_data(data, lambda line: None)
-    if dev is None:
+    _, devs = training_data(data, lambda line: None)
+    if not devs:
         raise InputError("no dev queries to fit on: give --holdout-every N (N >= 2)")
-    return dev_sets(data, dev)
+    return devs
 
 
 def _refuse_if_trained_on(student: Bundle, collection: str) -> None:

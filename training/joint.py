@@ -45,7 +45,7 @@ from mixlm.training.export import write_bundle
 from mixlm.training.fusion_fit import FusionCase, fit_fusion
 from mixlm.training.losses import mixlm_loss
 from mixlm.training.run import RunDir, seed_everything, train_loop
-from mixlm.training.stages import dev_sets, named, trainable, training_data
+from mixlm.training.stages import named, trainable, training_data
 from mixlm.training.teacher import item_token_embeddings
 
 TARGETS_FILE = "targets.safetensors"
@@ -197,7 +197,7 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     seed_everything(config.loop.seed)
     teacher = load_bundle(teacher_dir)
     run = RunDir(run_dir, "joint", {"source": str(Path(teacher_dir).resolve()), **dataclasses.asdict(config)})
-    dataset, dev = training_data(config.data, log)
+    dataset, devs = training_data(config.data, log)
     student_config = _student_bundle_config(teacher, config)
     ranker, ranker_params = _fresh_student_ranker(teacher, student_config.prompt, config, log)
     device = ranker.device
@@ -210,7 +210,7 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     else:
         encoder_model.requires_grad_(False)
     encoder = ItemEncoder(encoder_model, teacher.encoder_tokenizer, student_config.encoding, "")
-    queries = {**dataset.queries, **(dev.queries if dev else {})}
+    queries = {**dataset.queries, **{q: t for dev in devs for q, t in dev.queries.items()}}
     doc_ids = list(dataset.corpus)
     texts = {f"doc:{d}": student_config.encoding.format_item(dataset.corpus[d].title, dataset.corpus[d].text)
              for d in doc_ids}
@@ -276,7 +276,6 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     log(f"joint: T_S={config.n_tokens}, {len(sampler)} training queries, groups of {config.data.group_size}, "
         f"{sum(p.numel() for p in params.values()):,} parameters trained")
     train_loop(run, params, step, config.loop, log=log, param_groups=groups)
-    devs = dev_sets(config.data, dev) if dev is not None else []
     if devs:
         report = _fit_fusion_on_dev(ranker, projection, inputs_for, devs, log)
         student_config = dataclasses.replace(student_config, fusion=report.pop("fusion"))

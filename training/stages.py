@@ -19,22 +19,25 @@ from mixlm.training.evaluation import guard_training_split
 from mixlm.training.run import RunDir, seed_everything
 
 
-def training_data(config: DataConfig, log) -> tuple[BeirDataset, BeirDataset | None]:
-    """``(train, dev)`` of the configured split; refuses a test split (``guard_training_split``)."""
+def training_data(config: DataConfig, log) -> tuple[BeirDataset, list[BeirDataset]]:
+    """``(train, devs)``: the configured split less its dev queries, and each collection's dev queries
+    over its own corpus (for choices that must hold on each; none without ``holdout_every``).
+
+    Refuses a test split (``guard_training_split``).
+    """
     guard_training_split(config.split)
-    dataset = combined([BeirDataset.load(path, config.split) for path in config.datasets]).limit(config.max_queries)
-    train, dev = dataset.holdout(config.holdout_every) if config.holdout_every else (dataset, None)
-    log(f"{dataset.name}/{dataset.split}: {len(train.qrels)} judged queries to train on"
-        + (f", {len(dev.qrels)} held out as dev" if dev else "") + f", {len(dataset.corpus)} documents")
-    return train, dev
-
-
-def dev_sets(config: DataConfig, dev: BeirDataset) -> list[BeirDataset]:
-    """``dev`` split by collection, each part over its own collection's corpus (for choices that must hold on each)."""
     parts = [BeirDataset.load(path, config.split) for path in config.datasets]
-    sets = [BeirDataset(part.name, dev.split, part.corpus, {q: t for q, t in dev.queries.items() if q in part.queries},
+    dataset = combined(parts).limit(config.max_queries)
+    if not config.holdout_every:
+        log(f"{dataset.name}/{dataset.split}: {len(dataset.qrels)} judged queries to train on, "
+            f"{len(dataset.corpus)} documents")
+        return dataset, []
+    train, dev = dataset.holdout(config.holdout_every)
+    devs = [BeirDataset(part.name, dev.split, part.corpus, {q: t for q, t in dev.queries.items() if q in part.queries},
                         {q: j for q, j in dev.qrels.items() if q in part.queries}) for part in parts]
-    return [s for s in sets if s.qrels]
+    log(f"{dataset.name}/{dataset.split}: {len(train.qrels)} judged queries to train on, {len(dev.qrels)} held out "
+        f"as dev, {len(dataset.corpus)} documents")
+    return train, [d for d in devs if d.qrels]
 
 
 def combined(parts: list[BeirDataset]) -> BeirDataset:

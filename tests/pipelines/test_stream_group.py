@@ -142,7 +142,7 @@ def test_a_member_that_keeps_a_partition_through_a_rebalance_skips_none_of_its_q
     records the first one dropped at the revocation must still be read, by whoever owns them.
     """
     bootstrap = kafka_broker.bootstrap_servers
-    topic, per_partition = "rebalanced", 150
+    topic, per_partition = "rebalanced", 1_000
     ensure_topic(bootstrap, topic, 2)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     for partition in (0, 1):
@@ -152,7 +152,8 @@ def test_a_member_that_keeps_a_partition_through_a_rebalance_skips_none_of_its_q
     producer.close()
     expected = {(partition, offset) for partition in (0, 1) for offset in range(per_partition)}
     delivered: list[set] = [set(), set()]
-    stop = threading.Event()
+    after_split: set = set()  # what the first member handed out once the partitions were split
+    split, stop = threading.Event(), threading.Event()
 
     def consume(index: int, reader: GroupReader) -> None:
         try:
@@ -160,32 +161,35 @@ def test_a_member_that_keeps_a_partition_through_a_rebalance_skips_none_of_its_q
                 batch = reader.read()
                 if batch:  # a bundle made durable at once: commit what was handed out
                     delivered[index].update((r.partition, r.offset) for r in batch)
+                    if index == 0 and split.is_set():
+                        after_split.update((r.partition, r.offset) for r in batch)
                     ends = {}
                     for r in batch:
                         ends[TopicPartition(r.topic, r.partition)] = r.offset + 1
                     reader.made_durable(ends)
-                if index == 0:  # the first member reads slowly, so its queues stay full through the rebalance
+                if index == 0 and not split.is_set():  # 25 records a second: its queues stay full through the join
                     time.sleep(0.2)
         finally:
             reader.close()
 
-    first = _member(bootstrap, topic, "keepers", max_records=10, buffered=1_000)
+    first = _member(bootstrap, topic, "keepers", max_records=5, buffered=5_000)
     threads = [threading.Thread(target=consume, args=(0, first), daemon=True)]
     threads[0].start()
-    _wait(lambda: len(first.assigned) == 2 and first.queued() >= 2 * per_partition - 100, 60,
+    _wait(lambda: len(first.assigned) == 2 and first.queued() >= 2 * per_partition - 500, 60,
           "the first member to hold both partitions and queue most of them")
-    second = _member(bootstrap, topic, "keepers", max_records=10)
+    second = _member(bootstrap, topic, "keepers", max_records=50)
     threads.append(threading.Thread(target=consume, args=(1, second), daemon=True))
     threads[1].start()
     try:
         _wait(lambda: len(first.assigned) == 1 and len(second.assigned) == 1, 60, "the partitions to be split")
         kept = next(iter(first.assigned)).partition
+        split.set()
         _wait(lambda: delivered[0] | delivered[1] >= expected, 60, "every record to be handed out")
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-    assert any(p == kept for p, _ in delivered[0])  # the first member went on reading the partition it kept
+    assert {p for p, _ in after_split} == {kept}  # the first member went on reading the partition it kept, only it
     assert (delivered[0] | delivered[1]) == expected
 
 

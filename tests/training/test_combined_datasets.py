@@ -6,7 +6,7 @@ import pytest
 
 from mixlm.schemas.errors import InputError
 from mixlm.training.pseudo_queries import write_pseudo_queries
-from mixlm.training.stages import training_data
+from mixlm.training.stages import combined, training_data
 
 from .conftest import SCIFACT, small_data
 
@@ -25,9 +25,13 @@ def _pseudo_collection(tmp_path, ids):
 
 def test_two_collections_train_together_and_keep_their_dev_split(tmp_path):
     pseudo = _pseudo_collection(tmp_path, [f"deb-{i}" for i in range(16)])
-    alone_train, alone_dev = training_data(small_data(max_queries=None), log=lambda line: None)
+    alone_train, (alone_dev,) = training_data(small_data(max_queries=None), log=lambda line: None)
     both = small_data(datasets=(str(SCIFACT), str(pseudo)), max_queries=None)
-    train, dev = training_data(both, log=lambda line: None)
+    train, devs = training_data(both, log=lambda line: None)
+    # each collection's dev queries over its own corpus
+    assert [d.name for d in devs] == ["scifact", pseudo.name] and devs[0].corpus.keys() == alone_train.corpus.keys()
+    assert len(devs[1].corpus) == 16 and all(q.startswith("pq-") for q in devs[1].qrels)
+    dev = combined(devs)
     assert train.name == f"scifact+{pseudo.name}"
     assert len(train.corpus) == len(alone_train.corpus) + 16
     assert len(train.qrels) + len(dev.qrels) == len(alone_train.qrels) + len(alone_dev.qrels) + 16
