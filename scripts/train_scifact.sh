@@ -3,11 +3,12 @@
 # teacher on SciFact train; pseudo-queries from Debian package descriptions (a second domain,
 # data/debian-descriptions); stage 3, the MixLM student (frozen encoder, projection, interaction
 # and a fresh ranker adapter) on SciFact train and the pseudo-queries together, with the
-# teacher's targets on each query's hardest pair; a second, smaller student on SciFact alone;
+# teacher's targets on each query's hardest pair and the encoder's cosine order as a listwise prior;
+# a second, smaller student on SciFact alone;
 # then the fusion weights fitted on the held-out dev queries (every 8th query by a hash of its
 # id) of both collections, and on the Debian ones as the SciFact-only student scores them.
 # Every stage resumes from its checkpoint when run again; progress and ETA go to stderr.
-# About 90 minutes on 2 CPU cores with bfloat16 units; a GPU is used when present.
+# About 65 minutes on 2 CPU cores with bfloat16 units; a GPU is used when present.
 #   RUNS   run directories (default runs/)
 set -euo pipefail
 runs=${RUNS:-runs}

@@ -164,11 +164,14 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
               help="share of steps in the alignment-heavy first phase of the curriculum")
 @click.option("--distill-weight", type=click.FloatRange(min=0), default=JointConfig.phase2.distill, show_default=True,
               help="λ_d: weight of the teacher's full-text scores after the first phase")
+@click.option("--encoder-prior-weight", type=click.FloatRange(min=0), default=JointConfig.phase2.encoder_prior,
+              show_default=True,
+              help="λ_e: weight of the encoder's own cosine order over each group, a soft listwise target")
 @user_errors
 def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
           lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
           query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
-          phase1_fraction, distill_weight) -> None:
+          phase1_fraction, distill_weight, encoder_prior_weight) -> None:
     """Stage 3: train projection and ranker (and optionally the encoder) on mixed inputs, with distillation
     and self-alignment on the pairs the teacher scored; fits the final score's fusion on held-out queries.
 
@@ -186,7 +189,8 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
                          inputs=RankerInputs(query_vector=query_vector, interaction=interaction),
                          max_item_tokens=max_item_tokens, teacher_negatives=teacher_negatives,
                          dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction,
-                         phase2=dataclasses.replace(JointConfig.phase2, distill=distill_weight))
+                         phase2=dataclasses.replace(JointConfig.phase2, distill=distill_weight,
+                                                    encoder_prior=encoder_prior_weight))
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=echo_err).path))
 
 

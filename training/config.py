@@ -62,6 +62,8 @@ class LossWeights:
     align: float = 1.0  # λ_a
     align_kl: float = 1.0  # α
     align_cos: float = 1.0  # β
+    encoder_prior: float = 0.0  # λ_e: the encoder's cosine order over the group as a listwise soft target
+    encoder_prior_temperature: float = 0.05  # τ: how sharply the cosines order the group
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,8 @@ class JointConfig:
     phase1: LossWeights = LossWeights(task=0.2, listwise=1.0, distill=0.5, align=1.0, align_kl=1.0, align_cos=1.0)
     # No hidden-state alignment by default: the student starts from the base ranker, not from the
     # teacher, so the teacher's hidden states live in another model's space.
-    phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.1, align=0.0, align_kl=1.0, align_cos=1.0)
+    phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.1, align=0.0, align_kl=1.0, align_cos=1.0,
+                                      encoder_prior=2.0)
 
     def __post_init__(self) -> None:
         if self.fulltext_targets not in FULLTEXT_TARGETS:

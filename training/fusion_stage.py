@@ -29,13 +29,21 @@ def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tu
                  depth: int, log: Callable[[str], None]) -> dict:
     """Fit the bundle's fusion on its collections' dev queries and the held-out cases; returns the report."""
     bundle = load_bundle(bundle_dir)
+    loaded: dict[Path, list[BeirDataset]] = {}  # a collection both trained on and held out is read once
+
+    def devs_of(dataset_dir: str | Path) -> list[BeirDataset]:
+        key = Path(dataset_dir).resolve()
+        if key not in loaded:
+            loaded[key] = _devs(dataclasses.replace(data, datasets=(str(dataset_dir),)))
+        return loaded[key]
+
     unseen = []  # checked before anything is scored
     for student_dir, dataset_dir in held_out:
         student = load_bundle(student_dir)
-        for dev in _devs(dataclasses.replace(data, datasets=(str(dataset_dir),))):
+        for dev in devs_of(dataset_dir):
             _refuse_if_trained_on(student, dev.name)
             unseen.append((student, dev, student_dir))
-    own = _devs(data)
+    own = [dev for dataset_dir in data.datasets for dev in devs_of(dataset_dir)]
     cases = [_case(bundle, dev, dev.name, depth, log) for dev in own]
     cases += [_case(student, dev, f"{dev.name} (unseen by {where})", depth, log) for student, dev, where in unseen]
     fitted_on = ", ".join([f"{dev.name}/{dev.split} ({len(dev.qrels)} queries)" for dev in own]
@@ -50,7 +58,7 @@ def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tu
 def _devs(data: DataConfig) -> list[BeirDataset]:
     _, devs = training_data(data, lambda line: None)
     if not devs:
-        raise InputError("no dev queries to fit on: give --holdout-every N (N >= 2)")
+        raise InputError(f"no dev queries in {', '.join(data.datasets)} to fit on: give --holdout-every N (N >= 2)")
     return devs
 
 

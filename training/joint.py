@@ -263,6 +263,7 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
                          for d in group.doc_ids], query)
             parts = mixlm_loss(torch.tensor(group.labels), log_odds, teacher_log_odds=teacher_odds,
                                fulltext_log_odds=full_odds, hidden=hidden, hidden_fulltext=full_hidden,
+                               cosines=torch.cosine_similarity(retrieval[1:].float(), retrieval[:1].float()),
                                weights=weights)
             (parts["total"] / per_step).backward()
             for key, value in parts.items():

@@ -113,3 +113,21 @@ def test_teacher_targets_that_cover_part_of_a_group_count_only_there():
     assert not any(torch.isnan(v).any() for v in parts.values())
     uncovered = mixlm_loss(labels, log_odds, teacher_log_odds=torch.full((3,), float("nan")))
     assert "distill" not in uncovered
+
+
+def test_encoder_prior_by_hand_and_zero_when_the_ranker_keeps_the_cosine_order():
+    from mixlm.training.losses import encoder_prior_loss
+
+    cosines, log_odds = torch.tensor([0.6, 0.5, 0.3]), torch.tensor([0.0, 1.0, -1.0])
+    prior = [math.exp(c / 0.1) for c in cosines.tolist()]
+    prior = [p / sum(prior) for p in prior]
+    model = torch.softmax(log_odds, 0).tolist()
+    expected = sum(p * math.log(p / q) for p, q in zip(prior, model, strict=True))
+    assert encoder_prior_loss(cosines, log_odds, 0.1).item() == pytest.approx(expected, abs=1e-6)
+    # log-odds that are the cosines over the temperature (plus any shift) are what the prior asks for
+    assert encoder_prior_loss(cosines, cosines / 0.1 + 3.0, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    labels = torch.tensor([1.0, 0.0, 0.0])
+    weighted = mixlm_loss(labels, log_odds, cosines=cosines,
+                          weights=LossWeights(encoder_prior=0.5, encoder_prior_temperature=0.1))
+    assert weighted["total"].item() == pytest.approx(bernoulli_kl(labels, log_odds).item() + 0.5 * expected, rel=1e-6)
+    assert "encoder_prior" not in mixlm_loss(labels, log_odds, cosines=cosines)  # off by default

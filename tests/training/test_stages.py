@@ -1,6 +1,8 @@
 """The training stages for real on a tiny bundle: losses fall, the student moves toward the teacher,
 a test split is refused, and a trained bundle loads in the ranker client with the scores it trained to."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from mixlm.training.candidates import Group
 from mixlm.training.config import JointConfig, LoopConfig, LossWeights
 from mixlm.training.evaluation import SplitLeakError
 from mixlm.training.joint import train_joint
-from mixlm.training.losses import bernoulli_kl
+from mixlm.training.losses import bernoulli_kl, mixlm_loss
 from mixlm.training.stages import training_data, training_sampler
 from mixlm.training.teacher import train_teacher
 
@@ -128,6 +130,40 @@ def test_gold_labels_alone_teach_the_student_to_rank(teacher_bundle, tmp_path):
     trained = _joint(teacher_bundle, tmp_path / "gold", steps=120, lr=1e-2, weights=gold)
     untrained = _joint(teacher_bundle, tmp_path / "untrained", steps=1, lr=1e-9, weights=gold)
     assert positive_rank_accuracy(trained) > positive_rank_accuracy(untrained) + 0.15
+
+
+def test_the_encoder_prior_reads_each_candidate_s_own_cosine_with_its_query(teacher_bundle, tmp_path, monkeypatch):
+    """The joint stage hands the loss the cosines a client would compute for the same group (rows in
+    the group's order), and the prior's part shows in the run's metrics."""
+    import mixlm.training.joint as joint
+    from mixlm.training.candidates import GroupSampler
+
+    seen, sampled = [], []
+    draw = GroupSampler.groups
+
+    def recording_groups(self, step, count):
+        sampled.extend(groups := draw(self, step, count))
+        return groups
+
+    def recording_loss(labels, log_odds, **kwargs):
+        seen.append(kwargs["cosines"].detach().clone())
+        return mixlm_loss(labels, log_odds, **kwargs)
+
+    monkeypatch.setattr(GroupSampler, "groups", recording_groups)
+    monkeypatch.setattr(joint, "mixlm_loss", recording_loss)
+    prior = LossWeights(task=0.0, listwise=0.0, distill=0.0, align=0.0, encoder_prior=1.0)
+    run = tmp_path / "prior"
+    bundle = _joint(teacher_bundle, run, steps=1, lr=1e-3, weights=prior)
+    dataset, _ = training_data(small_data(max_queries=12, group_size=4), lambda line: None)
+    encoder = ItemEncoder.from_bundle(bundle)
+    assert len(sampled) == len(seen) == 2  # one step of two queries
+    for group, cosines in zip(sampled, seen, strict=True):
+        items = encoder.encode([(dataset.corpus[d].title, dataset.corpus[d].text) for d in group.doc_ids])
+        query = encoder.encode_queries([dataset.queries[group.query_id]])[0]
+        expected = torch.cosine_similarity(torch.tensor(np.stack([i.retrieval_vector for i in items])),
+                                           torch.tensor(query.retrieval_vector)[None])
+        assert torch.allclose(cosines, expected, atol=1e-4)
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["encoder_prior"] > 0
 
 
 def test_the_student_bundle_records_its_settings_and_stays_small(student, teacher_bundle):
