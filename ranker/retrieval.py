@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from mixlm.store.index import Hit
 
 
@@ -15,6 +17,7 @@ class BM25Index:
         import bm25s
 
         self.ids = list(ids)
+        self.row = {item_id: row for row, item_id in enumerate(self.ids)}
         self.retriever = bm25s.BM25()
         self.retriever.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False)
 
@@ -25,3 +28,13 @@ class BM25Index:
         rows, scores = self.retriever.retrieve(tokens, k=min(k, len(self.ids)), show_progress=False)
         return [Hit(self.ids[row], float(score)) for row, score in zip(rows[0], scores[0], strict=True)
                 if score > 0]
+
+    def scores(self, query: str, ids: Sequence[str]) -> np.ndarray:
+        """The BM25 score of each of ``ids`` (indexed items) for ``query``; 0 where no term is shared."""
+        import bm25s
+
+        terms = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        if not terms:
+            return np.zeros(len(ids))
+        every = self.retriever.get_scores(terms)
+        return np.array([every[self.row[item_id]] for item_id in ids], dtype=np.float64)

@@ -32,10 +32,16 @@ def merged_candidates(*lists: dict[str, list[tuple[str, float]]]) -> dict[str, l
     return out
 
 
-def bm25_candidates(dataset: BeirDataset, depth: int) -> dict[str, list[tuple[str, float]]]:
-    """Each query's BM25 top-``depth`` over the whole corpus: [(doc id, score)], best first."""
+def bm25_index(dataset: BeirDataset) -> BM25Index:
     ids = list(dataset.corpus)
-    index = BM25Index(ids, [dataset.corpus[i].full_text() for i in ids])
+    return BM25Index(ids, [dataset.corpus[i].full_text() for i in ids])
+
+
+def bm25_candidates(dataset: BeirDataset, depth: int,
+                    index: BM25Index | None = None) -> dict[str, list[tuple[str, float]]]:
+    """Each query's BM25 top-``depth`` over the whole corpus (``index``: built from it when not given):
+    [(doc id, score)], best first."""
+    index = index or bm25_index(dataset)
     return {qid: [(hit.item_id, hit.score) for hit in index.search(text, depth)]
             for qid, text in dataset.queries.items()}
 

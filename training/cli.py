@@ -19,6 +19,7 @@ from mixlm.training.config import (
     EVAL_RERANK_DEPTH,
     FULLTEXT_TARGETS,
     FULLTEXT_TOKENS,
+    PRIOR_TEMPERATURES,
     TEXT_RANKER_LORA,
     DataConfig,
     DomainConfig,
@@ -166,12 +167,18 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
               help="λ_d: weight of the teacher's full-text scores after the first phase")
 @click.option("--encoder-prior-weight", type=click.FloatRange(min=0), default=JointConfig.phase2.encoder_prior,
               show_default=True,
-              help="λ_e: weight of the encoder's own cosine order over each group, a soft listwise target")
+              help="λ_e: weight of the first stages' order over each group, a soft listwise target")
+@click.option("--encoder-prior-source", type=click.Choice(list(PRIOR_TEMPERATURES)),
+              default=JointConfig.phase2.encoder_prior_source, show_default=True,
+              help="the order λ_e follows: the encoder's cosines, or their z-score fusion with BM25's scores")
+@click.option("--encoder-prior-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="τ of λ_e's softmax  [default: 0.05 for dense cosines, 0.5 for bm25+dense z-scores]")
 @user_errors
 def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
           lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
           query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
-          phase1_fraction, distill_weight, encoder_prior_weight) -> None:
+          phase1_fraction, distill_weight, encoder_prior_weight, encoder_prior_source,
+          encoder_prior_temperature) -> None:
     """Stage 3: train projection and ranker (and optionally the encoder) on mixed inputs, with distillation
     and self-alignment on the pairs the teacher scored; fits the final score's fusion on held-out queries.
 
@@ -190,7 +197,10 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
                          max_item_tokens=max_item_tokens, teacher_negatives=teacher_negatives,
                          dense_depth=dense_depth, fulltext_targets=fulltext_targets, phase1_fraction=phase1_fraction,
                          phase2=dataclasses.replace(JointConfig.phase2, distill=distill_weight,
-                                                    encoder_prior=encoder_prior_weight))
+                                                    encoder_prior=encoder_prior_weight,
+                                                    encoder_prior_source=encoder_prior_source,
+                                                    encoder_prior_temperature=encoder_prior_temperature
+                                                    or PRIOR_TEMPERATURES[encoder_prior_source]))
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=echo_err).path))
 
 

@@ -17,6 +17,8 @@ FULLTEXT_TARGETS = ("live", "teacher")
 # mixlm eval: the methods it compares, and the BM25 candidates each of them reranks
 EVAL_METHODS = ("bm25", "random", "dense", "bm25+dense", "truncated", "fulltext", "mixlm", "final")
 EVAL_RERANK_DEPTH = 100
+# λ_e's prior: the first-stage scores whose order it follows, and the temperature that suits their scale
+PRIOR_TEMPERATURES = {"dense": 0.05, "bm25+dense": 0.5}  # raw cosines; a sum of two z-scores
 TEXT_RANKER_LORA = LoraConfig(rank=8, alpha=16.0, top_layers=10)  # stages 1 and 2: the ranker's last 10 blocks
 
 
@@ -62,8 +64,16 @@ class LossWeights:
     align: float = 1.0  # λ_a
     align_kl: float = 1.0  # α
     align_cos: float = 1.0  # β
-    encoder_prior: float = 0.0  # λ_e: the encoder's cosine order over the group as a listwise soft target
-    encoder_prior_temperature: float = 0.05  # τ: how sharply the cosines order the group
+    encoder_prior: float = 0.0  # λ_e: the first stages' order over the group as a listwise soft target
+    encoder_prior_source: str = "dense"  # the encoder's cosines, or their z-score fusion with BM25 (bm25+dense)
+    encoder_prior_temperature: float = PRIOR_TEMPERATURES["dense"]  # τ: how sharply the scores order the group
+
+    def __post_init__(self) -> None:
+        if self.encoder_prior_source not in PRIOR_TEMPERATURES:
+            raise InputError(f"encoder_prior_source must be one of {', '.join(PRIOR_TEMPERATURES)}, "
+                             f"got {self.encoder_prior_source!r}")
+        if self.encoder_prior_temperature <= 0:
+            raise InputError(f"encoder_prior_temperature must be > 0, got {self.encoder_prior_temperature}")
 
 
 @dataclass(frozen=True)

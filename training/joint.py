@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,11 @@ from mixlm.encoders.config import EncodingConfig, ProjectionConfig, default_pool
 from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
 from mixlm.encoders.lora import add_lora
 from mixlm.encoders.projection import init_interaction, init_projection
+from mixlm.ranker.fusion import standardise
 from mixlm.ranker.model import MixedInputRanker
+from mixlm.ranker.retrieval import BM25Index
 from mixlm.schemas.beir import BeirDataset
-from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, merged_candidates
+from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, bm25_index, merged_candidates
 from mixlm.training.config import JointConfig
 from mixlm.training.export import write_bundle
 from mixlm.training.fusion_fit import FusionCase, fit_fusion
@@ -181,6 +183,20 @@ def _dense_candidates(encoded: EncodedTexts, queries: list[str], doc_ids: list[s
     return out
 
 
+def prior_scores(source: str, retrieval: torch.Tensor, bm25: BM25Index, query: str,
+                 doc_ids: Sequence[str]) -> torch.Tensor:
+    """The first-stage scores of a group's candidates that λ_e's prior orders them by.
+
+    ``retrieval``: the query's retrieval vector, then the candidates'. ``dense`` is their cosine;
+    ``bm25+dense`` adds the z-scores of the cosines and of BM25's scores (the ``bm25+dense`` of
+    ``mixlm eval``), so the prior also carries the lexical match the vectors miss.
+    """
+    cosines = torch.cosine_similarity(retrieval[1:].float(), retrieval[:1].float()).cpu()
+    if source == "dense":
+        return cosines
+    return torch.from_numpy(standardise(bm25.scores(query, doc_ids)) + standardise(cosines.numpy()))
+
+
 def _fresh_student_ranker(teacher: Bundle, prompt, config: JointConfig, log) -> tuple[MixedInputRanker, list]:
     """The base ranker (without the teacher's adapter) with a fresh adapter on every block."""
     model = teacher.load_ranker(merge_adapter=False, with_adapter=False)
@@ -217,7 +233,8 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     texts.update({f"query:{q}": text for q, text in queries.items()})
     encoded = EncodedTexts.build(run.path / ENCODED_FILE, encoder, texts, log=log)
 
-    bm25 = bm25_candidates(dataset, config.data.bm25_depth)
+    lexical = bm25_index(dataset)
+    bm25 = bm25_candidates(dataset, config.data.bm25_depth, lexical)
     dense = _dense_candidates(encoded, list(dataset.queries), doc_ids, config.dense_depth)
     sampler = GroupSampler(dataset, merged_candidates(bm25, dense), size=config.data.group_size,
                            positives=config.data.positives, seed=config.loop.seed,
@@ -263,7 +280,9 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
                          for d in group.doc_ids], query)
             parts = mixlm_loss(torch.tensor(group.labels), log_odds, teacher_log_odds=teacher_odds,
                                fulltext_log_odds=full_odds, hidden=hidden, hidden_fulltext=full_hidden,
-                               cosines=torch.cosine_similarity(retrieval[1:].float(), retrieval[:1].float()),
+                               prior_scores=prior_scores(weights.encoder_prior_source, retrieval, lexical,
+                                                         dataset.queries[group.query_id], group.doc_ids)
+                               if weights.encoder_prior else None,
                                weights=weights)
             (parts["total"] / per_step).backward()
             for key, value in parts.items():
@@ -288,6 +307,18 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     return bundle
 
 
+def _encode_each_once(inputs_for: Callable, keys: list[str], name: str, log, chunk: int = 128) -> EncodedTexts:
+    """Every text the dev scoring reads, encoded once (candidate lists overlap; a trained encoder runs live)."""
+    pooled, retrieval = [], []
+    for start in range(0, len(keys), chunk):
+        states, vectors = inputs_for(keys[start:start + chunk])
+        pooled.append(states.float().cpu())
+        retrieval.append(vectors.float().cpu())
+        if (start // chunk) % 10 == 9 or start + chunk >= len(keys):
+            log(f"joint: {name} dev texts encoded {min(start + chunk, len(keys))}/{len(keys)}")
+    return EncodedTexts(keys, torch.cat(pooled), torch.cat(retrieval))
+
+
 def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, inputs_for: Callable,
                        devs: list[BeirDataset], log) -> dict:
     """MixLM's dev NDCG@10 beside the first stages', and the fusion weights fitted on each collection's dev queries."""
@@ -295,10 +326,13 @@ def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, inputs_f
     with torch.no_grad():
         for dev in devs:
             candidates = bm25_candidates(dev, DEV_RERANK_DEPTH)
+            encoded = _encode_each_once(inputs_for, [f"query:{q}" for q in candidates] + sorted(
+                {f"doc:{d}" for hits in candidates.values() for d, _ in hits}), dev.name, log)
             mixlm_run, dense_run = {}, {}
             for qid, hits in candidates.items():
                 docs = [d for d, _ in hits]
-                pooled, retrieval = inputs_for([f"query:{qid}"] + [f"doc:{d}" for d in docs])
+                pooled, retrieval = (t.to(ranker.device) for t in encoded.get([f"query:{qid}"]
+                                                                              + [f"doc:{d}" for d in docs]))
                 vectors = projection(pooled.float())
                 query = EncodedItem(vectors[0].cpu().numpy(), retrieval[0].cpu().numpy(), 0, False)
                 scores = ranker.score(dev.queries[qid], list(vectors[1:]), query_embedding=query,

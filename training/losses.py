@@ -4,14 +4,15 @@ A ranker's answer is a Bernoulli ``p = sigmoid(log_odds)``; labels are soft ``p*
 
     L = KL(p* || p) + λ_l CE(softmax(p*), softmax(log_odds)) + λ_d KL(p_teacher || p)
         + λ_a (α KL(p_fulltext_same_ranker || p) + β (1 - cos(h_last, h_last_fulltext)))
-        + λ_e KL(softmax(cos(q, d) / τ) || softmax(log_odds))
+        + λ_e KL(softmax(s / τ) || softmax(log_odds))
 
 The listwise term compares the candidates of one query with each other (a softmax over the
 group), which is what NDCG rewards; the pointwise terms keep each ``p(yes)`` calibrated.
 Teacher and full-text targets may cover only some candidates of a group (NaN elsewhere): their
-terms average over the covered ones. The last term is the encoder's prior: its own cosine order
-over the group, which holds on collections the gold labels never covered, as a soft target for
-the candidates the labels say nothing about.
+terms average over the covered ones. The last term is the first stages' prior: their order over
+the group (``s``: the encoder's cosines, or their z-score fusion with BM25's scores), which holds
+on collections the gold labels never covered, as a soft target for the candidates the labels say
+nothing about.
 """
 
 from __future__ import annotations
@@ -44,23 +45,23 @@ def alignment_loss(hidden: torch.Tensor, hidden_fulltext: torch.Tensor) -> torch
     return (1 - F.cosine_similarity(hidden.float(), hidden_fulltext.float(), dim=-1)).mean()
 
 
-def encoder_prior_loss(cosines: torch.Tensor, log_odds: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``KL(softmax(cosines / temperature) || softmax(log_odds))`` over the group."""
-    prior = torch.log_softmax(cosines.to(log_odds.dtype).detach() / temperature, dim=-1)
+def encoder_prior_loss(scores: torch.Tensor, log_odds: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``KL(softmax(scores / temperature) || softmax(log_odds))`` over the group."""
+    prior = torch.log_softmax(scores.to(log_odds.dtype).detach() / temperature, dim=-1)
     return (prior.exp() * (prior - torch.log_softmax(log_odds, dim=-1))).sum()
 
 
 def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds: torch.Tensor | None = None,
                fulltext_log_odds: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
-               hidden_fulltext: torch.Tensor | None = None, cosines: torch.Tensor | None = None,
+               hidden_fulltext: torch.Tensor | None = None, prior_scores: torch.Tensor | None = None,
                weights: LossWeights | None = None) -> dict:
     """The stage-3 loss and its parts (each a scalar tensor); absent signals contribute nothing."""
     weights = weights or LossWeights()
     parts = {"task": bernoulli_kl(labels, log_odds)}
     if weights.listwise:
         parts["listwise"] = listwise_loss(labels, log_odds)
-    if weights.encoder_prior and cosines is not None:
-        parts["encoder_prior"] = encoder_prior_loss(cosines, log_odds, weights.encoder_prior_temperature)
+    if weights.encoder_prior and prior_scores is not None:
+        parts["encoder_prior"] = encoder_prior_loss(prior_scores, log_odds, weights.encoder_prior_temperature)
     if teacher_log_odds is not None and (covered := ~torch.isnan(teacher_log_odds)).any():
         parts["distill"] = bernoulli_kl(torch.sigmoid(teacher_log_odds[covered].detach()), log_odds[covered])
     if fulltext_log_odds is not None and (covered := ~torch.isnan(fulltext_log_odds)).any():

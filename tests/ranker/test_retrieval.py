@@ -95,3 +95,16 @@ def test_search_checks_its_options_before_loading_any_model(tmp_path):
     result = CliRunner().invoke(main, ["search", "q", "--bundle", str(not_a_bundle), "--store", str(tmp_path / "s"),
                                        "--retriever", "bm25"])
     assert result.exit_code == EXIT_USAGE and "--retriever bm25 needs --corpus" in result.stderr
+
+
+def test_bm25_scores_any_indexed_item_as_search_does():
+    docs = list(read_corpus(CORPUS))
+    index = BM25Index([d.doc_id for d in docs], [d.full_text() for d in docs])
+    hits = index.search(docs[5].title, len(docs))
+    unmatched = sorted({d.doc_id for d in docs} - {h.item_id for h in hits})
+    assert unmatched  # some documents share no term with the title
+    ids = [hits[2].item_id, hits[0].item_id, unmatched[0]]
+    scores = index.scores(docs[5].title, ids)
+    assert scores[:2] == pytest.approx([hits[2].score, hits[0].score], rel=1e-5)
+    assert scores[2] == 0.0
+    assert not index.scores("the of and", ids).any()  # nothing but stopwords: no terms at all

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from mixlm.schemas.errors import InputError
 from mixlm.training.config import LossWeights
 from mixlm.training.evaluation import SplitLeakError, guard_training_split, ndcg_at_10
 from mixlm.training.losses import alignment_loss, bernoulli_kl, mixlm_loss
@@ -127,7 +128,13 @@ def test_encoder_prior_by_hand_and_zero_when_the_ranker_keeps_the_cosine_order()
     # log-odds that are the cosines over the temperature (plus any shift) are what the prior asks for
     assert encoder_prior_loss(cosines, cosines / 0.1 + 3.0, 0.1).item() == pytest.approx(0.0, abs=1e-6)
     labels = torch.tensor([1.0, 0.0, 0.0])
-    weighted = mixlm_loss(labels, log_odds, cosines=cosines,
+    weighted = mixlm_loss(labels, log_odds, prior_scores=cosines,
                           weights=LossWeights(encoder_prior=0.5, encoder_prior_temperature=0.1))
     assert weighted["total"].item() == pytest.approx(bernoulli_kl(labels, log_odds).item() + 0.5 * expected, rel=1e-6)
-    assert "encoder_prior" not in mixlm_loss(labels, log_odds, cosines=cosines)  # off by default
+    assert "encoder_prior" not in mixlm_loss(labels, log_odds, prior_scores=cosines)  # off by default
+
+
+@pytest.mark.parametrize("bad", [{"encoder_prior_source": "bm25"}, {"encoder_prior_temperature": 0.0}])
+def test_the_prior_refuses_an_unknown_source_or_a_non_positive_temperature(bad):
+    with pytest.raises(InputError, match="encoder_prior"):
+        LossWeights(**bad)

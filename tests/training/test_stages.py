@@ -16,7 +16,7 @@ from mixlm.ranker.text_baselines import FullTextRanker
 from mixlm.schemas import ItemEvent
 from mixlm.store import EmbeddingStore
 from mixlm.training.candidates import Group
-from mixlm.training.config import JointConfig, LoopConfig, LossWeights
+from mixlm.training.config import PRIOR_TEMPERATURES, JointConfig, LoopConfig, LossWeights
 from mixlm.training.evaluation import SplitLeakError
 from mixlm.training.joint import train_joint
 from mixlm.training.losses import bernoulli_kl, mixlm_loss
@@ -132,11 +132,14 @@ def test_gold_labels_alone_teach_the_student_to_rank(teacher_bundle, tmp_path):
     assert positive_rank_accuracy(trained) > positive_rank_accuracy(untrained) + 0.15
 
 
-def test_the_encoder_prior_reads_each_candidate_s_own_cosine_with_its_query(teacher_bundle, tmp_path, monkeypatch):
-    """The joint stage hands the loss the cosines a client would compute for the same group (rows in
-    the group's order), and the prior's part shows in the run's metrics."""
+@pytest.mark.parametrize("source", ["dense", "bm25+dense"])
+def test_the_prior_reads_each_candidate_s_own_first_stage_scores(teacher_bundle, tmp_path, monkeypatch, source):
+    """The joint stage hands the loss the scores a client would compute for the same group (rows in
+    the group's order): the cosines, or their z-scores plus BM25's over the training corpus; and
+    the prior's part shows in the run's metrics."""
     import mixlm.training.joint as joint
-    from mixlm.training.candidates import GroupSampler
+    from mixlm.ranker.fusion import standardise
+    from mixlm.training.candidates import GroupSampler, bm25_index
 
     seen, sampled = [], []
     draw = GroupSampler.groups
@@ -146,23 +149,29 @@ def test_the_encoder_prior_reads_each_candidate_s_own_cosine_with_its_query(teac
         return groups
 
     def recording_loss(labels, log_odds, **kwargs):
-        seen.append(kwargs["cosines"].detach().clone())
+        seen.append(kwargs["prior_scores"].detach().clone())
         return mixlm_loss(labels, log_odds, **kwargs)
 
     monkeypatch.setattr(GroupSampler, "groups", recording_groups)
     monkeypatch.setattr(joint, "mixlm_loss", recording_loss)
-    prior = LossWeights(task=0.0, listwise=0.0, distill=0.0, align=0.0, encoder_prior=1.0)
+    prior = LossWeights(task=0.0, listwise=0.0, distill=0.0, align=0.0, encoder_prior=1.0,
+                        encoder_prior_source=source, encoder_prior_temperature=PRIOR_TEMPERATURES[source])
     run = tmp_path / "prior"
     bundle = _joint(teacher_bundle, run, steps=1, lr=1e-3, weights=prior)
     dataset, _ = training_data(small_data(max_queries=12, group_size=4), lambda line: None)
     encoder = ItemEncoder.from_bundle(bundle)
+    lexical = bm25_index(dataset)
     assert len(sampled) == len(seen) == 2  # one step of two queries
-    for group, cosines in zip(sampled, seen, strict=True):
+    for group, scores in zip(sampled, seen, strict=True):
         items = encoder.encode([(dataset.corpus[d].title, dataset.corpus[d].text) for d in group.doc_ids])
         query = encoder.encode_queries([dataset.queries[group.query_id]])[0]
         expected = torch.cosine_similarity(torch.tensor(np.stack([i.retrieval_vector for i in items])),
                                            torch.tensor(query.retrieval_vector)[None])
-        assert torch.allclose(cosines, expected, atol=1e-4)
+        if source == "bm25+dense":
+            bm25 = lexical.scores(dataset.queries[group.query_id], group.doc_ids)
+            assert bm25.std() > 0  # the lexical part varies, so the check below can tell it is there
+            expected = torch.from_numpy(standardise(bm25) + standardise(expected.numpy())).float()
+        assert torch.allclose(scores.float(), expected, atol=1e-3)
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["encoder_prior"] > 0
 
 
