@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,11 +127,12 @@ class EncodedTexts:
         self.keys, self.pooled, self.retrieval = keys, pooled, retrieval
 
     @classmethod
-    def build(cls, path: Path, encoder: ItemEncoder, texts: dict[str, str], *, log) -> EncodedTexts:
-        """Encode ``texts`` (key -> text, items already formatted by their template), or load them from ``path``."""
+    def build(cls, path: Path | None, encoder: ItemEncoder, texts: dict[str, str], *, log) -> EncodedTexts:
+        """Encode ``texts`` (key -> text, items already formatted by their template), or load them from ``path``
+        (None: encode, cache nothing)."""
         from safetensors.torch import load_file, save_file
 
-        if path.is_file():
+        if path is not None and path.is_file():
             stored = load_file(str(path))
             keys = json.loads(path.with_suffix(".json").read_text())
             if keys == list(texts):
@@ -149,10 +150,11 @@ class EncodedTexts:
                     for row, index in enumerate(batch):
                         pooled[start + index] = states[row].float().cpu()
                         retrieval[start + index] = vectors[row].float().cpu()
-                log(f"joint: encoded {min(start + chunk, len(keys))}/{len(keys)} texts with the frozen encoder")
+                log(f"joint: encoded {min(start + chunk, len(keys))}/{len(keys)} texts")
         encoded = cls(keys, torch.stack(pooled), torch.stack(retrieval))
-        save_file({"pooled": encoded.pooled, "retrieval": encoded.retrieval}, str(path))
-        path.with_suffix(".json").write_text(json.dumps(keys))
+        if path is not None:
+            save_file({"pooled": encoded.pooled, "retrieval": encoded.retrieval}, str(path))
+            path.with_suffix(".json").write_text(json.dumps(keys))
         return encoded
 
     def get(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,10 +193,10 @@ def prior_scores(source: str, retrieval: torch.Tensor, bm25: BM25Index, query: s
     ``bm25+dense`` adds the z-scores of the cosines and of BM25's scores (the ``bm25+dense`` of
     ``mixlm eval``), so the prior also carries the lexical match the vectors miss.
     """
-    cosines = torch.cosine_similarity(retrieval[1:].float(), retrieval[:1].float()).cpu()
+    cosines = torch.cosine_similarity(retrieval[1:].float(), retrieval[:1].float())
     if source == "dense":
         return cosines
-    return torch.from_numpy(standardise(bm25.scores(query, doc_ids)) + standardise(cosines.numpy()))
+    return torch.from_numpy(standardise(bm25.scores(query, doc_ids)) + standardise(cosines.cpu().numpy()))
 
 
 def _fresh_student_ranker(teacher: Bundle, prompt, config: JointConfig, log) -> tuple[MixedInputRanker, list]:
@@ -296,8 +298,9 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     log(f"joint: T_S={config.n_tokens}, {len(sampler)} training queries, groups of {config.data.group_size}, "
         f"{sum(p.numel() for p in params.values()):,} parameters trained")
     train_loop(run, params, step, config.loop, log=log, param_groups=groups)
-    if devs:
-        report = _fit_fusion_on_dev(ranker, projection, inputs_for, devs, log)
+    if devs:  # a trained encoder's texts are encoded again, once, by what it has become
+        trained = EncodedTexts.build(None, encoder, texts, log=log) if encoder_params else encoded
+        report = _fit_fusion_on_dev(ranker, projection, trained, devs, log)
         student_config = dataclasses.replace(student_config, fusion=report.pop("fusion"))
         (run.path / DEV_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     bundle = write_bundle(run.bundle_dir, teacher, student_config,
@@ -307,27 +310,13 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     return bundle
 
 
-def _encode_each_once(inputs_for: Callable, keys: list[str], name: str, log, chunk: int = 128) -> EncodedTexts:
-    """Every text the dev scoring reads, encoded once (candidate lists overlap; a trained encoder runs live)."""
-    pooled, retrieval = [], []
-    for start in range(0, len(keys), chunk):
-        states, vectors = inputs_for(keys[start:start + chunk])
-        pooled.append(states.float().cpu())
-        retrieval.append(vectors.float().cpu())
-        if (start // chunk) % 10 == 9 or start + chunk >= len(keys):
-            log(f"joint: {name} dev texts encoded {min(start + chunk, len(keys))}/{len(keys)}")
-    return EncodedTexts(keys, torch.cat(pooled), torch.cat(retrieval))
-
-
-def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, inputs_for: Callable,
+def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded: EncodedTexts,
                        devs: list[BeirDataset], log) -> dict:
     """MixLM's dev NDCG@10 beside the first stages', and the fusion weights fitted on each collection's dev queries."""
     cases = []
     with torch.no_grad():
         for dev in devs:
             candidates = bm25_candidates(dev, DEV_RERANK_DEPTH)
-            encoded = _encode_each_once(inputs_for, [f"query:{q}" for q in candidates] + sorted(
-                {f"doc:{d}" for hits in candidates.values() for d, _ in hits}), dev.name, log)
             mixlm_run, dense_run = {}, {}
             for qid, hits in candidates.items():
                 docs = [d for d, _ in hits]

@@ -47,7 +47,7 @@ def alignment_loss(hidden: torch.Tensor, hidden_fulltext: torch.Tensor) -> torch
 
 def encoder_prior_loss(scores: torch.Tensor, log_odds: torch.Tensor, temperature: float) -> torch.Tensor:
     """``KL(softmax(scores / temperature) || softmax(log_odds))`` over the group."""
-    prior = torch.log_softmax(scores.to(log_odds.dtype).detach() / temperature, dim=-1)
+    prior = torch.log_softmax(scores.detach().to(log_odds) / temperature, dim=-1)  # log-odds' device and dtype
     return (prior.exp() * (prior - torch.log_softmax(log_odds, dim=-1))).sum()
 
 

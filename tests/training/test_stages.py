@@ -191,6 +191,7 @@ def test_a_trainable_encoder_and_several_embedding_tokens_train_and_load(teacher
                                 encoder_lora=LoraConfig(rank=4, alpha=8.0, top_layers=1)))
     assert (bundle.config.encoding.n_tokens, bundle.config.encoding.pooling) == (3, "last_k")
     assert sorted(p.name for p in bundle.encoder_dir.iterdir()) == ["adapter.json", "adapter.safetensors", "base.json"]
+    assert "dev" in bundle.config.fusion.fitted_on  # its dev queries were scored with the trained encoder
     item = ItemEncoder.from_bundle(bundle).encode([("A title", "some text here")])[0]
     assert item.vectors.shape == (3, bundle.config.ranker.hidden_size)
 
