@@ -104,6 +104,13 @@ class ItemEncoder:
         Differentiable (training calls it with autograd on); ``encode`` wraps it for inference.
         ``project=False`` returns the pooled states before the projection (at the encoder's width).
         """
+        hidden, mask = self.token_states(batch)
+        pooled = pool(hidden, mask, self.encoding.pooling, self.encoding.n_tokens)
+        vectors = self.projection(pooled.to(self.dtype)) if project else pooled
+        return vectors, F.normalize(pool(hidden, mask, "mean")[:, 0], dim=-1)
+
+    def token_states(self, batch: Sequence[TokenizedItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One right-padded batch's last hidden states ``[B, L, width]`` and attention mask ``[B, L]``."""
         width = max(len(item.ids) for item in batch)
         input_ids = torch.full((len(batch), width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -111,10 +118,7 @@ class ItemEncoder:
             input_ids[row, : len(item.ids)] = torch.tensor(item.ids)
             mask[row, : len(item.ids)] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        pooled = pool(hidden, mask, self.encoding.pooling, self.encoding.n_tokens)
-        vectors = self.projection(pooled.to(self.dtype)) if project else pooled
-        return vectors, F.normalize(pool(hidden, mask, "mean")[:, 0], dim=-1)
+        return self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask
 
     def encode_events(self, events: Sequence[ItemEvent], *, job_id: str = "",
                       encoded_at: float | None = None) -> list[EmbeddingRecord]:

@@ -10,7 +10,7 @@ from mixlm.errors import user_errors
 from mixlm.options import bundle_option, store_option
 from mixlm.output import echo_err
 from mixlm.pipelines.formats import FORMATS
-from mixlm.pipelines.kafka_options import kafka_client_options
+from mixlm.pipelines.kafka_options import kafka_client_options, topic_name
 from mixlm.schemas import DEFAULT_MAX_TEXT_BYTES, DTYPES
 
 _common = [
@@ -69,13 +69,14 @@ def backfill(input_path, fmt, bundle_dir, store_path, snapshot_only, dask_addres
 
 @click.command(context_settings=_RUN_CONTEXT)
 @click.option("--bootstrap-servers", required=True, envvar="MIXLM_BOOTSTRAP_SERVERS", help="Kafka host:port[,...]")
-@click.option("--topic", required=True, help="topic of ItemEvents (key = item_id)")
+@click.option("--topic", required=True, callback=topic_name, help="topic of ItemEvents (key = item_id)")
 @click.option("--group", "group_id", required=True, help="consumer group: offsets resume from its commits")
 @bundle_option()
 @store_option()
 @click.option("--max-seconds", type=click.FloatRange(min=0), default=None, help="stop after this long")
 @click.option("--max-records", type=click.IntRange(min=1), default=None, help="stop after reading this many")
-@click.option("--dead-letter-topic", default=None, help="also publish dead letters to this topic")
+@click.option("--dead-letter-topic", default=None, callback=topic_name,
+              help="also publish dead letters to this topic")
 @click.option("--broker-timeout", "broker_timeout_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="seconds to wait for the broker at the start, and to wait for it to come back when it goes away "
                    "(then the job fails, exit 5)")

@@ -12,6 +12,8 @@ A value can name a secret instead of holding it: ``${env:NAME}`` (an environment
 where a client is built, so the secret is never part of a pickled pipeline, a job manifest or a
 log line; ``redacted()`` is what manifests and logs show. Names that look secret (``password``,
 ``secret``, ``token``, ``credential``) are always shown as ``<redacted>``, references or not.
+
+Topic names are checked against Kafka's rule (``topic_name``) before any client is built.
 """
 
 from __future__ import annotations
@@ -207,3 +209,17 @@ def kafka_client_options(func):
         "--kafka-config", type=click.Path(dir_okay=False), default=None, envvar="MIXLM_KAFKA_CONFIG",
         show_envvar=True, help="properties file of kafka-python settings (name=value lines); --kafka-option wins")(func)
     return func
+
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def topic_name(ctx, param, value: str | None) -> str | None:
+    """click callback: a topic name Kafka accepts, checked before any broker is asked (a broker's refusal
+    reads as an outage)."""
+    import click
+
+    if value is not None and (not _TOPIC.fullmatch(value) or value in (".", "..")):
+        raise click.BadParameter(f"{value!r} is not a Kafka topic name: 1 to 249 letters, digits, '.', '_' "
+                                 "or '-', and not '.' or '..'")
+    return value

@@ -22,7 +22,7 @@ import click
 
 from mixlm.errors import EXIT_NOT_FOUND, fail, user_errors
 from mixlm.output import echo_err, output_option, render
-from mixlm.pipelines.kafka_options import KafkaOptions, kafka_client_options
+from mixlm.pipelines.kafka_options import KafkaOptions, kafka_client_options, topic_name
 from mixlm.schemas import ValidationError, parse_item_event
 from mixlm.schemas.errors import InputError, UnavailableError
 from mixlm.schemas.item_event import decode_json, rejection_reason
@@ -199,7 +199,7 @@ def produce_file(bootstrap_servers: str, topic: str, path: str | Path, **kwargs)
 @click.command()
 @click.option("--bootstrap-servers", required=True, envvar="MIXLM_BOOTSTRAP_SERVERS", show_envvar=True,
               help="Kafka host:port[,host:port...]")
-@click.option("--topic", required=True, help="topic to publish to")
+@click.option("--topic", required=True, callback=topic_name, help="topic to publish to")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="ItemEvent JSONL, one event per line ('-' for stdin)")
 @click.option("--create-topic/--no-create-topic", default=True, show_default=True,

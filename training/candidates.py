@@ -99,6 +99,10 @@ class GroupSampler:
     def __len__(self) -> int:
         return len(self.order)
 
+    def candidate_pairs(self) -> dict[str, list[str]]:
+        """Per query, every document a group of it can hold: its judged relevant ones and its negatives."""
+        return {qid: relevant + negatives for qid, (relevant, negatives, _) in self.pools.items()}
+
     def fixed_pairs(self) -> list[Group]:
         """Per query, its judged relevant documents and its fixed negatives: what teacher targets cover."""
         out = []

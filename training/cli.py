@@ -19,6 +19,7 @@ from mixlm.training.config import (
     EVAL_RERANK_DEPTH,
     FULLTEXT_TARGETS,
     FULLTEXT_TOKENS,
+    PRIOR_SCOPES,
     PRIOR_TEMPERATURES,
     TEXT_RANKER_LORA,
     DataConfig,
@@ -170,15 +171,23 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
               help="λ_e: weight of the first stages' order over each group, a soft listwise target")
 @click.option("--encoder-prior-source", type=click.Choice(list(PRIOR_TEMPERATURES)),
               default=JointConfig.phase2.encoder_prior_source, show_default=True,
-              help="the order λ_e follows: the encoder's cosines, or their z-score fusion with BM25's scores")
+              help="the order λ_e follows: the encoder's cosines, their z-score fusion with BM25's scores, or "
+                   "the MaxSim of the encoder's token states (training only)")
 @click.option("--encoder-prior-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="τ of λ_e's softmax  [default: 0.05 for dense cosines, 0.5 for bm25+dense z-scores]")
+              help="τ of λ_e's softmax  [default: 0.05 for dense cosines, 0.5 for bm25+dense z-scores, 0.03 for "
+                   "maxsim]")
+@click.option("--encoder-prior-scope", type=click.Choice(PRIOR_SCOPES), default=JointConfig.phase2.encoder_prior_scope,
+              show_default=True,
+              help="the candidates λ_e orders: the whole group, or only those the labels call irrelevant (the "
+                   "labels alone then place the relevant ones)")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="> 0: the bundle gets the exponential moving average of the weights over the steps (0: the last)")
 @user_errors
 def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
           lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
           query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
           phase1_fraction, distill_weight, encoder_prior_weight, encoder_prior_source,
-          encoder_prior_temperature) -> None:
+          encoder_prior_temperature, encoder_prior_scope, ema_decay) -> None:
     """Stage 3: train projection and ranker (and optionally the encoder) on mixed inputs, with distillation
     and self-alignment on the pairs the teacher scored; fits the final score's fusion on held-out queries.
 
@@ -190,6 +199,7 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
 
     data, loop = _data_and_loop(datasets, split, bm25_depth, group_size, queries_per_step, max_queries,
                                 holdout_every, steps, lr, checkpoint_every, seed)
+    loop = dataclasses.replace(loop, ema_decay=ema_decay)
     encoder_lora = LoraConfig(rank=16, alpha=32.0, top_layers=encoder_lora_layers) if encoder_lora_layers else None
     config = JointConfig(data, loop, n_tokens=n_tokens, projection=projection, encoder_max_length=encoder_max_length,
                          encoder_lora=encoder_lora, ranker_lora=LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank),
@@ -200,7 +210,8 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
                                                     encoder_prior=encoder_prior_weight,
                                                     encoder_prior_source=encoder_prior_source,
                                                     encoder_prior_temperature=encoder_prior_temperature
-                                                    or PRIOR_TEMPERATURES[encoder_prior_source]))
+                                                    or PRIOR_TEMPERATURES[encoder_prior_source],
+                                                    encoder_prior_scope=encoder_prior_scope))
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=echo_err).path))
 
 

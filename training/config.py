@@ -18,7 +18,9 @@ FULLTEXT_TARGETS = ("live", "teacher")
 EVAL_METHODS = ("bm25", "random", "dense", "bm25+dense", "truncated", "fulltext", "mixlm", "final")
 EVAL_RERANK_DEPTH = 100
 # λ_e's prior: the first-stage scores whose order it follows, and the temperature that suits their scale
-PRIOR_TEMPERATURES = {"dense": 0.05, "bm25+dense": 0.5}  # raw cosines; a sum of two z-scores
+# (MaxSim spreads about 0.65x as widely as the cosines over a query's BM25 top 50: its τ keeps their sharpness)
+PRIOR_TEMPERATURES = {"dense": 0.05, "bm25+dense": 0.5, "maxsim": 0.03}  # cosines; two z-scores; mean cosines
+PRIOR_SCOPES = ("group", "negatives")  # the candidates the prior orders: all, or those the labels call irrelevant
 TEXT_RANKER_LORA = LoraConfig(rank=8, alpha=16.0, top_layers=10)  # stages 1 and 2: the ranker's last 10 blocks
 
 
@@ -31,10 +33,13 @@ class LoopConfig:
     checkpoint_every: int = 25
     log_every: int = 5
     seed: int = 0
+    ema_decay: float = 0.0  # > 0: the run ends with an exponential moving average of its weights
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise InputError("steps, checkpoint_every and log_every must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then cosine decay to a tenth of ``lr``."""
@@ -65,10 +70,14 @@ class LossWeights:
     align_kl: float = 1.0  # α
     align_cos: float = 1.0  # β
     encoder_prior: float = 0.0  # λ_e: the first stages' order over the group as a listwise soft target
-    encoder_prior_source: str = "dense"  # the encoder's cosines, or their z-score fusion with BM25 (bm25+dense)
+    encoder_prior_source: str = "dense"  # the encoder's cosines, their fusion with BM25, or its token-level MaxSim
     encoder_prior_temperature: float = PRIOR_TEMPERATURES["dense"]  # τ: how sharply the scores order the group
+    encoder_prior_scope: str = "group"  # or "negatives": the labels alone place the relevant candidates
 
     def __post_init__(self) -> None:
+        if self.encoder_prior_scope not in PRIOR_SCOPES:
+            raise InputError(f"encoder_prior_scope must be one of {', '.join(PRIOR_SCOPES)}, "
+                             f"got {self.encoder_prior_scope!r}")
         if self.encoder_prior_source not in PRIOR_TEMPERATURES:
             raise InputError(f"encoder_prior_source must be one of {', '.join(PRIOR_TEMPERATURES)}, "
                              f"got {self.encoder_prior_source!r}")

@@ -45,6 +45,7 @@ from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, bm25
 from mixlm.training.config import JointConfig
 from mixlm.training.export import write_bundle
 from mixlm.training.fusion_fit import FusionCase, fit_fusion
+from mixlm.training.late_interaction import MaxSimScores
 from mixlm.training.losses import mixlm_loss
 from mixlm.training.run import RunDir, seed_everything, train_loop
 from mixlm.training.stages import named, trainable, training_data
@@ -52,6 +53,7 @@ from mixlm.training.teacher import item_token_embeddings
 
 TARGETS_FILE = "targets.safetensors"
 ENCODED_FILE = "encoded.safetensors"
+MAXSIM_FILE = "maxsim.json"
 DEV_REPORT = "dev.json"
 DEV_RERANK_DEPTH = 100
 
@@ -185,14 +187,17 @@ def _dense_candidates(encoded: EncodedTexts, queries: list[str], doc_ids: list[s
     return out
 
 
-def prior_scores(source: str, retrieval: torch.Tensor, bm25: BM25Index, query: str,
-                 doc_ids: Sequence[str]) -> torch.Tensor:
-    """The first-stage scores of a group's candidates that λ_e's prior orders them by.
+def prior_scores(source: str, retrieval: torch.Tensor, query_id: str, query: str, doc_ids: Sequence[str], *,
+                 bm25: BM25Index, maxsim: MaxSimScores | None) -> torch.Tensor:
+    """The scores of a group's candidates that λ_e's prior orders them by.
 
     ``retrieval``: the query's retrieval vector, then the candidates'. ``dense`` is their cosine;
     ``bm25+dense`` adds the z-scores of the cosines and of BM25's scores (the ``bm25+dense`` of
-    ``mixlm eval``), so the prior also carries the lexical match the vectors miss.
+    ``mixlm eval``), so the prior also carries the lexical match the vectors miss; ``maxsim`` is
+    the encoder's token-level match (``late_interaction``), which the pooled vectors summarise.
     """
+    if source == "maxsim":
+        return maxsim.get(query_id, doc_ids)
     cosines = torch.cosine_similarity(retrieval[1:].float(), retrieval[:1].float())
     if source == "dense":
         return cosines
@@ -241,6 +246,10 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     sampler = GroupSampler(dataset, merged_candidates(bm25, dense), size=config.data.group_size,
                            positives=config.data.positives, seed=config.loop.seed,
                            fixed_negatives=config.teacher_negatives)
+    maxsim = None
+    if any(w.encoder_prior and w.encoder_prior_source == "maxsim" for w in (config.phase1, config.phase2)):
+        maxsim = MaxSimScores.build(run.path / MAXSIM_FILE, encoder, dataset.queries,
+                                    {d: texts[f"doc:{d}"] for d in doc_ids}, sampler.candidate_pairs(), log=log)
     targets = TeacherTargets(run.path / TARGETS_FILE)
     _precompute_targets(targets, sampler.fixed_pairs(), teacher, config, dataset, log)
 
@@ -282,8 +291,9 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
                          for d in group.doc_ids], query)
             parts = mixlm_loss(torch.tensor(group.labels), log_odds, teacher_log_odds=teacher_odds,
                                fulltext_log_odds=full_odds, hidden=hidden, hidden_fulltext=full_hidden,
-                               prior_scores=prior_scores(weights.encoder_prior_source, retrieval, lexical,
-                                                         dataset.queries[group.query_id], group.doc_ids)
+                               prior_scores=prior_scores(weights.encoder_prior_source, retrieval, group.query_id,
+                                                         dataset.queries[group.query_id], group.doc_ids,
+                                                         bm25=lexical, maxsim=maxsim)
                                if weights.encoder_prior else None,
                                weights=weights)
             (parts["total"] / per_step).backward()

@@ -10,9 +10,10 @@ The listwise term compares the candidates of one query with each other (a softma
 group), which is what NDCG rewards; the pointwise terms keep each ``p(yes)`` calibrated.
 Teacher and full-text targets may cover only some candidates of a group (NaN elsewhere): their
 terms average over the covered ones. The last term is the first stages' prior: their order over
-the group (``s``: the encoder's cosines, or their z-score fusion with BM25's scores), which holds
-on collections the gold labels never covered, as a soft target for the candidates the labels say
-nothing about.
+the group (``s``: the encoder's cosines, their z-score fusion with BM25's scores, or the MaxSim of
+the encoder's token states), which holds on collections the gold labels never covered, as a soft
+target for the candidates the labels say nothing about (over the whole group, or over its
+negatives alone: ``LossWeights.encoder_prior_scope``).
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds
     if weights.listwise:
         parts["listwise"] = listwise_loss(labels, log_odds)
     if weights.encoder_prior and prior_scores is not None:
-        parts["encoder_prior"] = encoder_prior_loss(prior_scores, log_odds, weights.encoder_prior_temperature)
+        ordered = (labels <= 0).to(log_odds.device) if weights.encoder_prior_scope == "negatives" else \
+            torch.ones_like(log_odds, dtype=torch.bool)
+        if ordered.sum() >= 2:
+            parts["encoder_prior"] = encoder_prior_loss(prior_scores.to(log_odds.device)[ordered], log_odds[ordered],
+                                                        weights.encoder_prior_temperature)
     if teacher_log_odds is not None and (covered := ~torch.isnan(teacher_log_odds)).any():
         parts["distill"] = bernoulli_kl(torch.sigmoid(teacher_log_odds[covered].detach()), log_odds[covered])
     if fulltext_log_odds is not None and (covered := ~torch.isnan(fulltext_log_odds)).any():

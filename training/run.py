@@ -56,11 +56,14 @@ class RunDir:
         with open(self.path / METRICS_FILE, "a") as out:
             out.write(json.dumps(row) + "\n")
 
-    def save_checkpoint(self, step: int, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
-        """Atomically replace ``checkpoint/`` with the state after ``step`` steps."""
+    def save_checkpoint(self, step: int, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                        average: dict[str, torch.Tensor] | None = None) -> None:
+        """Atomically replace ``checkpoint/`` with the state after ``step`` steps (and the weights' moving
+        average, when the loop keeps one)."""
         from safetensors.torch import save_file
 
         tensors = {f"param/{name}": p.detach().cpu().contiguous() for name, p in params.items()}
+        tensors.update({f"ema/{name}": t.cpu().contiguous() for name, t in (average or {}).items()})
         for name, p in params.items():
             state = optimizer.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq"):
@@ -78,8 +81,10 @@ class RunDir:
         os.replace(staging, final)
         shutil.rmtree(old, ignore_errors=True)
 
-    def load_checkpoint(self, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
-        """Restore the latest checkpoint into ``params`` and ``optimizer``; the step to continue from (0: none)."""
+    def load_checkpoint(self, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                        average: dict[str, torch.Tensor] | None = None) -> int:
+        """Restore the latest checkpoint into ``params``, ``optimizer`` and ``average``; the step to continue
+        from (0: none)."""
         from safetensors.torch import load_file
 
         folder = self.path / CHECKPOINT_DIR
@@ -97,6 +102,8 @@ class RunDir:
                     optimizer.state[p] = {"step": torch.tensor(float(step)),
                                           "exp_avg": tensors[f"exp_avg/{name}"].to(p.device),
                                           "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(p.device)}
+            for name, kept in (average or {}).items():
+                kept.copy_(tensors[f"ema/{name}"])
         return step
 
 
@@ -106,11 +113,14 @@ def train_loop(run: RunDir, params: dict[str, nn.Parameter], step_fn: Callable[[
 
     AdamW over ``params`` (or ``param_groups``, each with an ``lr_scale``), gradient clipping,
     the learning-rate schedule, a metrics line every ``log_every`` steps and a checkpoint every
-    ``checkpoint_every`` steps and at the end. Returns the mean of each loss part over the last log window.
+    ``checkpoint_every`` steps and at the end. With ``loop.ema_decay`` the parameters end as the
+    exponential moving average of their values after each step (the checkpoint keeps it, so a
+    resumed run ends the same). Returns the mean of each loss part over the last log window.
     """
     groups = param_groups or [{"params": list(params.values()), "lr_scale": 1.0}]
     optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=0.0)
-    start = run.load_checkpoint(params, optimizer)
+    average = {name: p.detach().clone() for name, p in params.items()} if loop.ema_decay else None
+    start = run.load_checkpoint(params, optimizer, average)
     if start:
         log(f"{run.stage}: resuming {run.path} at step {start}/{loop.steps}")
     window: dict[str, list[float]] = {}
@@ -122,6 +132,10 @@ def train_loop(run: RunDir, params: dict[str, nn.Parameter], step_fn: Callable[[
         parts = step_fn(step)
         torch.nn.utils.clip_grad_norm_(list(params.values()), loop.grad_clip)
         optimizer.step()
+        if average is not None:
+            with torch.no_grad():
+                for name, p in params.items():
+                    average[name].lerp_(p.detach(), 1 - loop.ema_decay)
         for key, value in parts.items():
             window.setdefault(key, []).append(value)
         done = step + 1
@@ -134,5 +148,9 @@ def train_loop(run: RunDir, params: dict[str, nn.Parameter], step_fn: Callable[[
                 + f"  {per_step:.1f} s/step, {eta / 60:.1f} min left")
             last, window = means, {}
         if done % loop.checkpoint_every == 0 or done == loop.steps:
-            run.save_checkpoint(done, params, optimizer)
+            run.save_checkpoint(done, params, optimizer, average)
+    if average is not None:  # what the stage goes on with, and writes, is the average
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(average[name])
     return last if start < loop.steps else {}

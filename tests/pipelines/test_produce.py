@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient
@@ -114,3 +115,22 @@ def test_cli_errors_are_one_line(tmp_path):
     assert unreachable.exit_code == 5  # the environment failed, as for `mixlm stream`
     assert unreachable.stderr.count("\n") == 1 and "no Kafka broker answered" in unreachable.stderr
     assert runner.invoke(produce, ["--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize(("command", "option", "topic"), [("produce", "--topic", "bad topic"),
+                                                          ("produce", "--topic", "x" * 250),
+                                                          ("stream", "--topic", "items/2026"),
+                                                          ("stream", "--dead-letter-topic", "..")])
+def test_a_topic_name_kafka_refuses_is_a_usage_error_before_any_broker_is_asked(tmp_path, command, option, topic):
+    from mixlm.cli import main
+    from mixlm.schemas.errors import EXIT_USAGE
+
+    path = write_jsonl(tmp_path / "items.jsonl", mixed_lines())
+    common = ["--bootstrap-servers", "127.0.0.1:1"]  # nothing listens: a broker asked would time out
+    args = {"produce": ["--input", str(path)],
+            "stream": ["--group", "g", "--bundle", str(tmp_path), "--store", str(tmp_path / "s")]}[command]
+    if option != "--topic":
+        args += ["--topic", "items"]
+    result = CliRunner().invoke(main, [command, *common, *args, option, topic])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"{topic!r} is not a Kafka topic name" in result.stderr

@@ -67,3 +67,17 @@ def test_domain_adaptation_lowers_the_lm_loss_and_the_teacher_continues_it(base_
                                        "--run", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     assert "continuing its adapter" in result.output
+
+
+def test_joint_prior_options_reach_the_run_config(teacher_bundle, tmp_path):
+    run = tmp_path / "j"
+    result = CliRunner().invoke(main, ["train", "joint", "--teacher", str(teacher_bundle), "--dataset", str(SCIFACT),
+                                       "--max-queries", "12", "--group-size", "4", "--queries-per-step", "1",
+                                       "--steps", "1", "--teacher-negatives", "1", "--bm25-depth", "20",
+                                       "--encoder-prior-source", "maxsim", "--encoder-prior-scope", "negatives",
+                                       "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    phase2 = json.loads((run / "config.json").read_text())["phase2"]
+    assert (phase2["encoder_prior_source"], phase2["encoder_prior_scope"]) == ("maxsim", "negatives")
+    assert phase2["encoder_prior_temperature"] == 0.03  # the source's own default
+    assert json.loads((run / "maxsim.json").read_text())  # the source's scores were computed for the run

@@ -134,7 +134,26 @@ def test_encoder_prior_by_hand_and_zero_when_the_ranker_keeps_the_cosine_order()
     assert "encoder_prior" not in mixlm_loss(labels, log_odds, prior_scores=cosines)  # off by default
 
 
-@pytest.mark.parametrize("bad", [{"encoder_prior_source": "bm25"}, {"encoder_prior_temperature": 0.0}])
-def test_the_prior_refuses_an_unknown_source_or_a_non_positive_temperature(bad):
+def test_a_prior_over_the_negatives_leaves_the_relevant_candidates_to_the_labels():
+    from mixlm.training.losses import encoder_prior_loss
+
+    labels, log_odds = torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.tensor([0.2, 1.0, -1.0, 0.5])
+    scope = LossWeights(encoder_prior=1.0, encoder_prior_temperature=0.1, encoder_prior_scope="negatives")
+    negatives = torch.tensor([True, False, True, True])
+    for positive_score in (0.9, -0.9):  # where the cosine puts the relevant item does not matter
+        scores = torch.tensor([0.6, positive_score, 0.3, 0.5])
+        part = mixlm_loss(labels, log_odds, prior_scores=scores, weights=scope)["encoder_prior"]
+        assert part.item() == pytest.approx(encoder_prior_loss(scores[negatives], log_odds[negatives], 0.1).item())
+    whole = mixlm_loss(labels, log_odds, prior_scores=torch.tensor([0.6, -0.9, 0.3, 0.5]),
+                       weights=LossWeights(encoder_prior=1.0, encoder_prior_temperature=0.1))["encoder_prior"]
+    assert whole.item() != pytest.approx(part.item())
+    # one negative has no order to follow
+    assert "encoder_prior" not in mixlm_loss(torch.tensor([1.0, 0.0]), log_odds[:2], prior_scores=scores[:2],
+                                             weights=scope)
+
+
+@pytest.mark.parametrize("bad", [{"encoder_prior_source": "bm25"}, {"encoder_prior_temperature": 0.0},
+                                 {"encoder_prior_scope": "positives"}])
+def test_the_prior_refuses_an_unknown_source_scope_or_a_non_positive_temperature(bad):
     with pytest.raises(InputError, match="encoder_prior"):
         LossWeights(**bad)

@@ -132,11 +132,22 @@ def test_gold_labels_alone_teach_the_student_to_rank(teacher_bundle, tmp_path):
     assert positive_rank_accuracy(trained) > positive_rank_accuracy(untrained) + 0.15
 
 
-@pytest.mark.parametrize("source", ["dense", "bm25+dense"])
+def _maxsim_by_hand(encoder: ItemEncoder, query: str, document: str) -> torch.Tensor:
+    """Mean over the query's tokens of the best cosine with a document token, from the encoder's own outputs."""
+    states = []
+    for text in (query, document):
+        ids = torch.tensor([encoder.tokenizer([text])[0].ids])
+        with torch.no_grad():
+            states.append(torch.nn.functional.normalize(encoder.model(input_ids=ids).last_hidden_state[0].float(),
+                                                        dim=-1))
+    return (states[0] @ states[1].T).max(dim=1).values.mean()
+
+
+@pytest.mark.parametrize("source", list(PRIOR_TEMPERATURES))
 def test_the_prior_reads_each_candidate_s_own_first_stage_scores(teacher_bundle, tmp_path, monkeypatch, source):
     """The joint stage hands the loss the scores a client would compute for the same group (rows in
-    the group's order): the cosines, or their z-scores plus BM25's over the training corpus; and
-    the prior's part shows in the run's metrics."""
+    the group's order): the cosines, or their z-scores plus BM25's over the training corpus, or the
+    MaxSim of the encoder's token states; and the prior's part shows in the run's metrics."""
     import mixlm.training.joint as joint
     from mixlm.ranker.fusion import standardise
     from mixlm.training.candidates import GroupSampler, bm25_index
@@ -171,6 +182,12 @@ def test_the_prior_reads_each_candidate_s_own_first_stage_scores(teacher_bundle,
             bm25 = lexical.scores(dataset.queries[group.query_id], group.doc_ids)
             assert bm25.std() > 0  # the lexical part varies, so the check below can tell it is there
             expected = torch.from_numpy(standardise(bm25) + standardise(expected.numpy())).float()
+        if source == "maxsim":
+            expected = torch.stack([_maxsim_by_hand(encoder, dataset.queries[group.query_id],
+                                                    encoder.encoding.format_item(dataset.corpus[d].title,
+                                                                                 dataset.corpus[d].text))
+                                    for d in group.doc_ids])
+            assert expected.std() > 0  # candidates differ, so the rows' order is checked too
         assert torch.allclose(scores.float(), expected, atol=1e-3)
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["encoder_prior"] > 0
 

@@ -1,0 +1,91 @@
+"""How well finer views of an item than its pooled vector match a query, before any training.
+
+For each collection's dev queries (the train split's hold-out, as `mixlm train joint` carves it),
+reranking BM25's top 100, NDCG@10 of:
+
+- ``dense``: the cosine of the query's and the item's mean-pooled vectors (what the bundle stores);
+- ``segments-K``: the best cosine between the query's vector and the means of K contiguous
+  segments of the item's tokens (what T_S = K tokens of segment means would carry);
+- ``maxsim``: the mean over the query's tokens of the best cosine with any item token (what only
+  token-level storage carries; `mixlm.training.late_interaction`);
+
+each alone and fused with BM25 (sum of z-scores, as `mixlm eval`'s bm25+dense).
+
+    python scripts/item_views.py --bundle bundles/default --dataset data/scifact --dataset runs/debian-pq
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixlm.encoders import ItemEncoder
+from mixlm.encoders.bundle import load_bundle
+from mixlm.ranker.fusion import standardise
+from mixlm.training.candidates import bm25_candidates
+from mixlm.training.config import DataConfig
+from mixlm.training.evaluation import ndcg_at_10
+from mixlm.training.late_interaction import maxsim, token_states
+from mixlm.training.stages import training_data
+
+SEGMENTS = (2, 4, 8)
+
+
+def segment_means(states: torch.Tensor, k: int) -> torch.Tensor:
+    """``[k, H]``: the means of k contiguous, near-equal runs of the tokens (a run left empty by a short
+    item takes the whole item's mean)."""
+    run = torch.arange(states.shape[0]) * k // states.shape[0]
+    return torch.stack([states[run == j].mean(0) if (run == j).any() else states.mean(0) for j in range(k)])
+
+
+def view_scores(query: torch.Tensor, item: torch.Tensor) -> dict[str, float]:
+    """Every view's score of one (query, item) pair from their raw token states."""
+    query_vector = F.normalize(query.mean(0), dim=-1)
+    scores = {"dense": float(query_vector @ F.normalize(item.mean(0), dim=-1))}
+    for k in SEGMENTS:
+        scores[f"segments-{k}"] = float((F.normalize(segment_means(item, k), dim=-1) @ query_vector).max())
+    scores["maxsim"] = maxsim(F.normalize(query, dim=-1), F.normalize(item, dim=-1))
+    return scores
+
+
+def collection_views(encoder: ItemEncoder, dataset: str, depth: int) -> dict[str, float]:
+    _, devs = training_data(DataConfig((dataset,)), lambda line: print(line, file=sys.stderr))
+    dev = devs[0]
+    candidates = bm25_candidates(dev, depth)
+    doc_ids = sorted({d for ranked in candidates.values() for d, _ in ranked})
+    items = dict(zip(doc_ids, token_states(encoder, [encoder.encoding.format_item(dev.corpus[d].title,
+                                                                                  dev.corpus[d].text)
+                                                     for d in doc_ids], normalise=False), strict=True))
+    queries = dict(zip(dev.queries, token_states(encoder, list(dev.queries.values()), normalise=False), strict=True))
+    runs: dict[str, dict[str, dict[str, float]]] = {"bm25": {}}
+    for qid, ranked in candidates.items():
+        ids = [d for d, _ in ranked]
+        runs["bm25"][qid] = dict(ranked)
+        per_item = [view_scores(queries[qid], items[d]) for d in ids]
+        bm25 = standardise(np.array([s for _, s in ranked]))
+        for view in per_item[0]:
+            values = np.array([scores[view] for scores in per_item])
+            fused = bm25 + standardise(values)
+            runs.setdefault(view, {})[qid] = dict(zip(ids, values.tolist(), strict=True))
+            runs.setdefault(f"bm25+{view}", {})[qid] = dict(zip(ids, fused.tolist(), strict=True))
+    return {"queries": len(dev.qrels), **{view: round(ndcg_at_10(dev.qrels, run)["ndcg@10"], 4)
+                                          for view, run in runs.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True, help="a bundle whose encoder is measured")
+    parser.add_argument("--dataset", action="append", required=True, help="a BEIR folder with a train split")
+    parser.add_argument("--depth", type=int, default=100, help="BM25 candidates reranked per query")
+    args = parser.parse_args()
+    encoder = ItemEncoder.from_bundle(load_bundle(args.bundle))
+    print(json.dumps({name: collection_views(encoder, name, args.depth) for name in args.dataset}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
