@@ -43,13 +43,20 @@ def segment_means(states: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([states[run == j].mean(0) if (run == j).any() else states.mean(0) for j in range(k)])
 
 
-def view_scores(query: torch.Tensor, item: torch.Tensor) -> dict[str, float]:
-    """Every view's score of one (query, item) pair from their raw token states."""
-    query_vector = F.normalize(query.mean(0), dim=-1)
-    scores = {"dense": float(query_vector @ F.normalize(item.mean(0), dim=-1))}
-    for k in SEGMENTS:
-        scores[f"segments-{k}"] = float((F.normalize(segment_means(item, k), dim=-1) @ query_vector).max())
-    scores["maxsim"] = maxsim(F.normalize(query, dim=-1), F.normalize(item, dim=-1))
+def views(states: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A text's L2-normalised views from its raw token states: the whole mean ``[1, H]``, each
+    segmentation's means ``[k, H]``, and every token ``[L, H]``."""
+    out = {"dense": states.mean(0, keepdim=True)}
+    out.update({f"segments-{k}": segment_means(states, k) for k in SEGMENTS})
+    out["maxsim"] = states
+    return {name: F.normalize(view, dim=-1) for name, view in out.items()}
+
+
+def view_scores(query: dict[str, torch.Tensor], item: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Every view's score of one (query, item) pair: the query's mean against the item's best segment
+    (the whole mean is one segment), and MaxSim token against token."""
+    scores = {name: float((item[name] @ query["dense"][0]).max()) for name in item if name != "maxsim"}
+    scores["maxsim"] = maxsim(query["maxsim"], item["maxsim"])
     return scores
 
 
@@ -58,10 +65,11 @@ def collection_views(encoder: ItemEncoder, dataset: str, depth: int) -> dict[str
     dev = devs[0]
     candidates = bm25_candidates(dev, depth)
     doc_ids = sorted({d for ranked in candidates.values() for d, _ in ranked})
-    items = dict(zip(doc_ids, token_states(encoder, [encoder.encoding.format_item(dev.corpus[d].title,
-                                                                                  dev.corpus[d].text)
-                                                     for d in doc_ids], normalise=False), strict=True))
-    queries = dict(zip(dev.queries, token_states(encoder, list(dev.queries.values()), normalise=False), strict=True))
+    texts = [encoder.encoding.format_item(dev.corpus[d].title, dev.corpus[d].text) for d in doc_ids]
+    items = {d: views(states) for d, states in zip(doc_ids, token_states(encoder, texts, normalise=False),
+                                                   strict=True)}
+    queries = {q: views(states) for q, states in zip(dev.queries, token_states(encoder, list(dev.queries.values()),
+                                                                                normalise=False), strict=True)}
     runs: dict[str, dict[str, dict[str, float]]] = {"bm25": {}}
     for qid, ranked in candidates.items():
         ids = [d for d, _ in ranked]
