@@ -69,6 +69,30 @@ def _student_bundle_config(teacher: Bundle, config: JointConfig):
                                inputs=config.inputs, fusion=None, encoder_id="")
 
 
+def read_keyed_tensors(path: Path) -> tuple[list[str], dict[str, torch.Tensor]] | None:
+    """A run's cache: its row keys and tensors, or None when it is absent or unreadable (then it is rebuilt)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as stored:
+            keys = json.loads((stored.metadata() or {}).get("keys", "null"))
+            tensors = {name: stored.get_tensor(name) for name in stored.keys()}
+    except (SafetensorError, ValueError):
+        return None
+    return (keys, tensors) if isinstance(keys, list) else None
+
+
+def write_keyed_tensors(path: Path, keys: list[str], tensors: dict[str, torch.Tensor]) -> None:
+    """Save a cache with its row keys in the metadata, replaced atomically: a kill leaves the old file or the new."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys)})
+    tmp.replace(path)
+
+
 class TeacherTargets:
     """The teacher's full-text log-odds and last hidden state of each (query, item), cached in the run."""
 
@@ -77,13 +101,10 @@ class TeacherTargets:
         self.index: dict[str, int] = {}
         self.log_odds: list[torch.Tensor] = []
         self.hidden: list[torch.Tensor] = []
-        if path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as stored:
-                keys = json.loads(stored.metadata()["keys"])
-                self.log_odds = list(stored.get_tensor("log_odds"))
-                self.hidden = list(stored.get_tensor("hidden"))
+        stored = read_keyed_tensors(path)
+        if stored is not None:
+            keys, tensors = stored
+            self.log_odds, self.hidden = list(tensors["log_odds"]), list(tensors["hidden"])
             self.index = {key: row for row, key in enumerate(keys)}
 
     @staticmethod
@@ -112,13 +133,8 @@ class TeacherTargets:
                 torch.stack([self.hidden[r] if r is not None else nan for r in rows]))
 
     def save(self) -> None:
-        from safetensors.torch import save_file
-
-        keys = sorted(self.index, key=self.index.get)
-        tmp = self.path.with_suffix(".tmp")
-        save_file({"log_odds": torch.stack(self.log_odds), "hidden": torch.stack(self.hidden)}, str(tmp),
-                  metadata={"keys": json.dumps(keys)})
-        tmp.replace(self.path)
+        write_keyed_tensors(self.path, sorted(self.index, key=self.index.get),
+                            {"log_odds": torch.stack(self.log_odds), "hidden": torch.stack(self.hidden)})
 
 
 class EncodedTexts:
@@ -131,14 +147,11 @@ class EncodedTexts:
     @classmethod
     def build(cls, path: Path | None, encoder: ItemEncoder, texts: dict[str, str], *, log) -> EncodedTexts:
         """Encode ``texts`` (key -> text, items already formatted by their template), or load them from ``path``
-        (None: encode, cache nothing)."""
-        from safetensors.torch import load_file, save_file
-
-        if path is not None and path.is_file():
-            stored = load_file(str(path))
-            keys = json.loads(path.with_suffix(".json").read_text())
-            if keys == list(texts):
-                return cls(keys, stored["pooled"], stored["retrieval"])
+        (None: encode, cache nothing). The keys travel in the file's metadata and the file is replaced
+        atomically, so a run killed while saving finds the whole cache or none."""
+        stored = read_keyed_tensors(path) if path is not None else None
+        if stored is not None and stored[0] == list(texts):
+            return cls(stored[0], stored[1]["pooled"], stored[1]["retrieval"])
         keys = list(texts)
         pooled: list[torch.Tensor | None] = [None] * len(keys)
         retrieval: list[torch.Tensor | None] = [None] * len(keys)
@@ -155,8 +168,7 @@ class EncodedTexts:
                 log(f"joint: encoded {min(start + chunk, len(keys))}/{len(keys)} texts")
         encoded = cls(keys, torch.stack(pooled), torch.stack(retrieval))
         if path is not None:
-            save_file({"pooled": encoded.pooled, "retrieval": encoded.retrieval}, str(path))
-            path.with_suffix(".json").write_text(json.dumps(keys))
+            write_keyed_tensors(path, keys, {"pooled": encoded.pooled, "retrieval": encoded.retrieval})
         return encoded
 
     def get(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +263,10 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
         maxsim = MaxSimScores.build(run.path / MAXSIM_FILE, encoder, dataset.queries,
                                     {d: texts[f"doc:{d}"] for d in doc_ids}, sampler.candidate_pairs(), log=log)
     targets = TeacherTargets(run.path / TARGETS_FILE)
-    _precompute_targets(targets, sampler.fixed_pairs(), teacher, config, dataset, log)
+    if _reads_teacher(config):
+        _precompute_targets(targets, sampler.fixed_pairs(), teacher, config, dataset, log)
+    else:
+        log("joint: no loss term reads the teacher (distillation 0, no alignment to it): no teacher targets")
 
     projection = init_projection(student_config.projection, config.loop.seed).to(device)
     sample_pooled, _ = encoded.get([f"doc:{d}" for d in doc_ids[:64]])
@@ -347,6 +362,12 @@ def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded:
     log(f"joint: fusion first_stage {fusion.first_stage}, dense {fusion.dense}: smallest gain over a collection's "
         f"best first stage {report['worst_gain']:+.4f}")
     return {"rerank_depth": DEV_RERANK_DEPTH, "fusion": fusion, **report}
+
+
+def _reads_teacher(config: JointConfig) -> bool:
+    """Whether a loss term reads the teacher's targets: distillation, or alignment to the teacher's pass."""
+    phases = (config.phase1, config.phase2) if config.phase1_fraction > 0 else (config.phase2,)
+    return any(w.distill > 0 or (w.align > 0 and config.fulltext_targets == "teacher") for w in phases)
 
 
 def _precompute_targets(targets: TeacherTargets, pairs: list[Group], teacher: Bundle, config: JointConfig,

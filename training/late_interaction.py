@@ -45,7 +45,10 @@ class MaxSimScores:
         ``docs``, documents already formatted), or load the scores from ``path`` when it holds them all."""
         wanted = {cls.key(q, d) for q, ids in pairs.items() for d in ids}
         if path is not None and path.is_file():
-            stored = json.loads(path.read_text())
+            try:
+                stored = json.loads(path.read_text())
+            except ValueError:  # unreadable: scored again
+                stored = {}
             if wanted <= stored.keys():
                 return cls(stored)
         query_ids = sorted(pairs)
@@ -63,8 +66,10 @@ class MaxSimScores:
                 for query_id in askers[doc_id]:
                     scores[cls.key(query_id, doc_id)] = maxsim(query_states[query_id], states)
             log(f"joint: MaxSim of {min(start + chunk, len(doc_ids))}/{len(doc_ids)} documents' pairs")
-        if path is not None:
-            path.write_text(json.dumps(scores))
+        if path is not None:  # replaced atomically: a run killed while saving finds all the scores or none
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(scores))
+            tmp.replace(path)
         return cls(scores)
 
 

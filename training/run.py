@@ -46,7 +46,9 @@ class RunDir:
                 raise InputError(f"run directory {self.path} holds a {previous.get('stage')} run with other settings "
                                  f"({', '.join(changed)} differ); give a new --run directory to start afresh")
         self.path.mkdir(parents=True, exist_ok=True)
-        stored.write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        tmp = stored.with_suffix(".tmp")  # replaced atomically, as every file a resumed run reads
+        tmp.write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(stored)
 
     @property
     def bundle_dir(self) -> Path:

@@ -61,7 +61,7 @@ def test_models_ls_and_unknown_fetch(tmp_path, monkeypatch):
     listing = CliRunner().invoke(models, ["ls", "-o", "json"])
     assert listing.exit_code == 0
     rows = json.loads(listing.stdout)
-    assert {row["name"] for row in rows} == {"smollm2-135m", "minilm-l6"}
+    assert {row["name"] for row in rows} == {"smollm2-135m", "minilm-l6", "qwen2.5-coder-0.5b"}
     assert not any(row["fetched"] for row in rows)
     assert "smollm2-135m" in CliRunner().invoke(models, ["ls"]).stdout
     result = CliRunner().invoke(models, ["fetch", "gpt-9"])

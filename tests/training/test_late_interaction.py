@@ -46,3 +46,14 @@ def test_scores_cover_every_pair_and_are_cached_in_the_run(base_bundle, tmp_path
     assert cached.get("q2", ["d3"]).item() == pytest.approx(scores.get("q2", ["d3"]).item())
     with pytest.raises(AssertionError, match="re-encoded"):  # a pair the cache lacks is computed, not guessed
         MaxSimScores.build(path, _NoEncoding(), QUERIES, {**DOCS, "d4": "new"}, {"q1": ["d4"]}, log=lambda line: None)
+
+
+def test_a_torn_cache_is_scored_again(base_bundle, tmp_path):
+    """A run killed while writing the scores leaves at most a stray temporary file; a damaged cache is rebuilt."""
+    encoder = ItemEncoder.from_bundle(base_bundle)
+    path = tmp_path / "maxsim.json"
+    whole = MaxSimScores.build(path, encoder, QUERIES, DOCS, PAIRS, log=lambda line: None)
+    assert not path.with_suffix(".tmp").exists()
+    path.write_text(path.read_text()[:20])
+    again = MaxSimScores.build(path, encoder, QUERIES, DOCS, PAIRS, log=lambda line: None)
+    assert again.scores == pytest.approx(whole.scores) and json.loads(path.read_text()) == pytest.approx(whole.scores)

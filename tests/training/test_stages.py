@@ -87,6 +87,7 @@ def teacher_pairs(teacher_bundle, tmp_path_factory):
     run = tmp_path_factory.mktemp("joint") / "targets-only"
     _joint(teacher_bundle, run, steps=1, lr=1e-9)
     dataset, _ = training_data(small_data(max_queries=12, group_size=4), lambda line: None)
+    assert (run / TARGETS_FILE).is_file()  # distillation reads them, so they were computed
     targets = TeacherTargets(run / TARGETS_FILE)
     pairs = {}
     for key in targets.index:
@@ -114,7 +115,10 @@ def test_joint_training_moves_mixed_scores_toward_the_teacher(teacher_bundle, st
 
 def test_gold_labels_alone_teach_the_student_to_rank(teacher_bundle, tmp_path):
     """Listwise + pointwise on gold labels, no teacher: the trained student ranks the training groups'
-    judged documents above their negatives far more often than the untrained one."""
+    judged documents above their negatives far more often than the untrained one, and no teacher pass
+    ran for targets no loss term reads."""
+    from mixlm.training.joint import TARGETS_FILE
+
     gold = LossWeights(task=0.5, listwise=1.0, distill=0.0, align=0.0)
     dataset, sampler = training_sampler(small_data(max_queries=12, group_size=4), 0, lambda line: None)
     chosen = [g for step in range(4) for g in sampler.groups(step, 3)]
@@ -130,6 +134,7 @@ def test_gold_labels_alone_teach_the_student_to_rank(teacher_bundle, tmp_path):
     trained = _joint(teacher_bundle, tmp_path / "gold", steps=120, lr=1e-2, weights=gold)
     untrained = _joint(teacher_bundle, tmp_path / "untrained", steps=1, lr=1e-9, weights=gold)
     assert positive_rank_accuracy(trained) > positive_rank_accuracy(untrained) + 0.15
+    assert not (tmp_path / "gold" / TARGETS_FILE).exists()
 
 
 def _maxsim_by_hand(encoder: ItemEncoder, query: str, document: str) -> torch.Tensor:
@@ -312,3 +317,23 @@ def test_the_frozen_encoder_cache_keeps_every_text_on_its_own_row(base_bundle, t
     np.testing.assert_allclose(retrieval.numpy(), torch.stack(one_by_one).detach().numpy(), atol=1e-5)
     again = EncodedTexts.build(tmp_path / "encoded.safetensors", encoder, texts, log=lambda line: None)
     assert torch.equal(again.retrieval, cached.retrieval)  # read back from the run, not recomputed
+
+
+def test_a_cache_torn_by_a_kill_is_rebuilt_not_a_crash(base_bundle, tmp_path):
+    """A run killed while writing its encoder cache leaves a partial file or a stray temporary one; the
+    resumed run encodes again and gets the same vectors. A cache of other texts is not reused."""
+    from mixlm.training.joint import EncodedTexts
+
+    bundle = load_bundle(base_bundle)
+    encoder = ItemEncoder(bundle.load_encoder("cpu"), bundle.encoder_tokenizer, bundle.config.encoding, "")
+    texts = {f"doc:{n}": f"item {n} " + "word " * n for n in range(6)}
+    path = tmp_path / "encoded.safetensors"
+    whole = EncodedTexts.build(path, encoder, texts, log=lambda line: None)
+    assert not path.with_suffix(".tmp").exists()
+    path.with_suffix(".tmp").write_bytes(path.read_bytes()[:100])  # a kill during the next save
+    path.write_bytes(path.read_bytes()[:100])  # a file system that tore the replaced one
+    lines = []
+    again = EncodedTexts.build(path, encoder, texts, log=lines.append)
+    assert lines and torch.equal(again.retrieval, whole.retrieval)
+    others = {"doc:x": "another text"}
+    assert EncodedTexts.build(path, encoder, others, log=lambda line: None).keys == ["doc:x"]
