@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.item_encoder import ItemEncoder
+from mixlm.training.run import write_text_atomically
 
 
 def maxsim(query_states: torch.Tensor, doc_states: torch.Tensor) -> float:
@@ -66,10 +67,8 @@ class MaxSimScores:
                 for query_id in askers[doc_id]:
                     scores[cls.key(query_id, doc_id)] = maxsim(query_states[query_id], states)
             log(f"joint: MaxSim of {min(start + chunk, len(doc_ids))}/{len(doc_ids)} documents' pairs")
-        if path is not None:  # replaced atomically: a run killed while saving finds all the scores or none
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(scores))
-            tmp.replace(path)
+        if path is not None:
+            write_text_atomically(path, json.dumps(scores))
         return cls(scores)
 
 

@@ -27,6 +27,14 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and an atomic rename: a run killed meanwhile leaves
+    the old file or the new one, never a torn one that a resumed run would read."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -46,9 +54,7 @@ class RunDir:
                 raise InputError(f"run directory {self.path} holds a {previous.get('stage')} run with other settings "
                                  f"({', '.join(changed)} differ); give a new --run directory to start afresh")
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = stored.with_suffix(".tmp")  # replaced atomically, as every file a resumed run reads
-        tmp.write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-        tmp.replace(stored)
+        write_text_atomically(stored, json.dumps(self.config, indent=2, sort_keys=True) + "\n")
 
     @property
     def bundle_dir(self) -> Path:
