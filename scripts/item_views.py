@@ -4,12 +4,15 @@ For each collection's dev queries (the train split's hold-out, as `mixlm train j
 reranking BM25's top 100, NDCG@10 of:
 
 - ``dense``: the cosine of the query's and the item's mean-pooled vectors (what the bundle stores);
+- ``idf-mean``: the same with each token weighted by its inverse document frequency in the
+  collection's corpus (a pooling that leans on rare words, as a lexical match does);
 - ``segments-K``: the best cosine between the query's vector and the means of K contiguous
   segments of the item's tokens (what T_S = K tokens of segment means would carry);
 - ``maxsim``: the mean over the query's tokens of the best cosine with any item token (what only
   token-level storage carries; `mixlm.training.late_interaction`);
 
-each alone and fused with BM25 (sum of z-scores, as `mixlm eval`'s bm25+dense).
+each alone and fused with BM25 (sum of z-scores, as `mixlm eval`'s bm25+dense). ``--model-dir``
+measures another encoder, a local transformers folder with mean pooling, instead of a bundle's.
 
     python scripts/item_views.py --bundle bundles/default --dataset data/scifact --dataset runs/debian-pq
 """
@@ -18,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,10 +49,17 @@ def segment_means(states: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([states[run == j].mean(0) if (run == j).any() else states.mean(0) for j in range(k)])
 
 
-def views(states: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A text's L2-normalised views from its raw token states: the whole mean ``[1, H]``, each
-    segmentation's means ``[k, H]``, and every token ``[L, H]``."""
-    out = {"dense": states.mean(0, keepdim=True)}
+def inverse_document_frequency(encoder: ItemEncoder, texts: list[str]) -> Callable[[int], float]:
+    """A token id's smoothed IDF over ``texts``: ``log((N + 1) / (df + 1)) + 1``."""
+    frequency = Counter(token for item in encoder.tokenizer(texts) for token in set(item.ids))
+    return lambda token: math.log((len(texts) + 1) / (frequency[token] + 1)) + 1
+
+
+def views(states: torch.Tensor, idf_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A text's L2-normalised views from its raw token states and their IDF weights ``[L]``: the whole
+    mean ``[1, H]``, the IDF-weighted mean, each segmentation's means ``[k, H]``, and every token ``[L, H]``."""
+    out = {"dense": states.mean(0, keepdim=True),
+           "idf-mean": (states * idf_weights[:, None]).sum(0, keepdim=True) / idf_weights.sum()}
     out.update({f"segments-{k}": segment_means(states, k) for k in SEGMENTS})
     out["maxsim"] = states
     return {name: F.normalize(view, dim=-1) for name, view in out.items()}
@@ -54,8 +67,11 @@ def views(states: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def view_scores(query: dict[str, torch.Tensor], item: dict[str, torch.Tensor]) -> dict[str, float]:
     """Every view's score of one (query, item) pair: the query's mean against the item's best segment
-    (the whole mean is one segment), and MaxSim token against token."""
-    scores = {name: float((item[name] @ query["dense"][0]).max()) for name in item if name != "maxsim"}
+    (the whole mean is one segment), the IDF-weighted means against each other, and MaxSim token
+    against token."""
+    pooled = [name for name in item if name not in ("maxsim", "idf-mean")]
+    scores = {name: float((item[name] @ query["dense"][0]).max()) for name in pooled}
+    scores["idf-mean"] = float(item["idf-mean"][0] @ query["idf-mean"][0])
     scores["maxsim"] = maxsim(query["maxsim"], item["maxsim"])
     return scores
 
@@ -65,11 +81,17 @@ def collection_views(encoder: ItemEncoder, dataset: str, depth: int) -> dict[str
     dev = devs[0]
     candidates = bm25_candidates(dev, depth)
     doc_ids = sorted({d for ranked in candidates.values() for d, _ in ranked})
+    idf = inverse_document_frequency(encoder, [encoder.encoding.format_item(doc.title, doc.text)
+                                               for doc in dev.corpus.values()])
+
+    def text_views(texts: list[str]) -> list[dict[str, torch.Tensor]]:
+        return [views(states, torch.tensor([idf(token) for token in item.ids]))
+                for states, item in zip(token_states(encoder, texts, normalise=False), encoder.tokenizer(texts),
+                                        strict=True)]
+
     texts = [encoder.encoding.format_item(dev.corpus[d].title, dev.corpus[d].text) for d in doc_ids]
-    items = {d: views(states) for d, states in zip(doc_ids, token_states(encoder, texts, normalise=False),
-                                                   strict=True)}
-    queries = {q: views(states) for q, states in zip(dev.queries, token_states(encoder, list(dev.queries.values()),
-                                                                                normalise=False), strict=True)}
+    items = dict(zip(doc_ids, text_views(texts), strict=True))
+    queries = dict(zip(dev.queries, text_views(list(dev.queries.values())), strict=True))
     runs: dict[str, dict[str, dict[str, float]]] = {"bm25": {}}
     for qid, ranked in candidates.items():
         ids = [d for d, _ in ranked]
@@ -87,11 +109,15 @@ def collection_views(encoder: ItemEncoder, dataset: str, depth: int) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", required=True, help="a bundle whose encoder is measured")
+    encoders = parser.add_mutually_exclusive_group(required=True)
+    encoders.add_argument("--bundle", help="a bundle whose encoder is measured")
+    encoders.add_argument("--model-dir", help="a local transformers encoder folder, mean-pooled, instead of a bundle's")
+    parser.add_argument("--max-length", type=int, default=256, help="item tokens kept with --model-dir")
     parser.add_argument("--dataset", action="append", required=True, help="a BEIR folder with a train split")
     parser.add_argument("--depth", type=int, default=100, help="BM25 candidates reranked per query")
     args = parser.parse_args()
-    encoder = ItemEncoder.from_bundle(load_bundle(args.bundle))
+    encoder = (ItemEncoder.from_bundle(load_bundle(args.bundle)) if args.bundle else
+               ItemEncoder.from_model_dir(args.model_dir, pooling="mean", max_length=args.max_length))
     print(json.dumps({name: collection_views(encoder, name, args.depth) for name in args.dataset}, indent=2))
 
 
