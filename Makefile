@@ -38,7 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mixlm bench store
 
-# Rebuilds bundles/default as docs/training.md describes (about 65 minutes on 2 CPU cores with bfloat16 units).
+# Rebuilds bundles/default as docs/training.md describes (about 65 to 90 minutes on 2 CPU cores with bfloat16 units).
 train: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/train_scifact.sh
 

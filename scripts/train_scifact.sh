@@ -8,7 +8,7 @@
 # then the fusion weights fitted on the held-out dev queries (every 8th query by a hash of its
 # id) of both collections, and on the Debian ones as the SciFact-only student scores them.
 # Every stage resumes from its checkpoint when run again; progress and ETA go to stderr.
-# About 65 minutes on 2 CPU cores with bfloat16 units; a GPU is used when present.
+# About 65 to 90 minutes on 2 CPU cores with bfloat16 units; a GPU is used when present.
 #   RUNS     run directories (default runs/)
 #   CATALOG  the corpus (a BEIR corpus.jsonl[.gz] folder) the student's pseudo-queries come from, in place
 #            of the Debian descriptions: a catalog of your own trains a bundle for it (docs/training.md)
