@@ -180,6 +180,10 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
               show_default=True,
               help="the candidates λ_e orders: the whole group, or only those the labels call irrelevant (the "
                    "labels alone then place the relevant ones)")
+@click.option("--residual-weight", type=click.FloatRange(min=0), default=JointConfig.phase2.residual_listwise,
+              show_default=True,
+              help="λ_f: weight of a listwise term on the log-odds plus the BM25+dense z-scores of each group, "
+                   "which trains the student for the final score")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="> 0: the bundle gets the exponential moving average of the weights over the steps (0: the last)")
 @user_errors
@@ -187,7 +191,7 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
           lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
           query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
           phase1_fraction, distill_weight, encoder_prior_weight, encoder_prior_source,
-          encoder_prior_temperature, encoder_prior_scope, ema_decay) -> None:
+          encoder_prior_temperature, encoder_prior_scope, residual_weight, ema_decay) -> None:
     """Stage 3: train projection and ranker (and optionally the encoder) on mixed inputs, with distillation
     and self-alignment on the pairs the teacher scored; fits the final score's fusion on held-out queries.
 
@@ -211,7 +215,8 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
                                                     encoder_prior_source=encoder_prior_source,
                                                     encoder_prior_temperature=encoder_prior_temperature
                                                     or PRIOR_TEMPERATURES[encoder_prior_source],
-                                                    encoder_prior_scope=encoder_prior_scope))
+                                                    encoder_prior_scope=encoder_prior_scope,
+                                                    residual_listwise=residual_weight))
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=echo_err).path))
 
 

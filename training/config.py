@@ -73,6 +73,10 @@ class LossWeights:
     encoder_prior_source: str = "dense"  # the encoder's cosines, their fusion with BM25, or its token-level MaxSim
     encoder_prior_temperature: float = PRIOR_TEMPERATURES["dense"]  # τ: how sharply the scores order the group
     encoder_prior_scope: str = "group"  # or "negatives": the labels alone place the relevant candidates
+    # λ_f: the listwise term on the log-odds plus the first stages' fused z-scores / τ_f, so that the
+    # student is trained for the final score: where BM25 and dense already rank well it has little to add
+    residual_listwise: float = 0.0
+    residual_temperature: float = 0.5  # τ_f: the first stages' share (their z-scores sum; 0.5 doubles them)
 
     def __post_init__(self) -> None:
         if self.encoder_prior_scope not in PRIOR_SCOPES:
@@ -83,6 +87,8 @@ class LossWeights:
                              f"got {self.encoder_prior_source!r}")
         if self.encoder_prior_temperature <= 0:
             raise InputError(f"encoder_prior_temperature must be > 0, got {self.encoder_prior_temperature}")
+        if self.residual_temperature <= 0:
+            raise InputError(f"residual_temperature must be > 0, got {self.residual_temperature}")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A ranker's answer is a Bernoulli ``p = sigmoid(log_odds)``; labels are soft ``p*
 
     L = KL(p* || p) + λ_l CE(softmax(p*), softmax(log_odds)) + λ_d KL(p_teacher || p)
         + λ_a (α KL(p_fulltext_same_ranker || p) + β (1 - cos(h_last, h_last_fulltext)))
-        + λ_e KL(softmax(s / τ) || softmax(log_odds))
+        + λ_e KL(softmax(s / τ) || softmax(log_odds)) + λ_f CE(softmax(p*), softmax(log_odds + f / τ_f))
 
 The listwise term compares the candidates of one query with each other (a softmax over the
 group), which is what NDCG rewards; the pointwise terms keep each ``p(yes)`` calibrated.
@@ -13,7 +13,10 @@ terms average over the covered ones. The last term is the first stages' prior: t
 the group (``s``: the encoder's cosines, their z-score fusion with BM25's scores, or the MaxSim of
 the encoder's token states), which holds on collections the gold labels never covered, as a soft
 target for the candidates the labels say nothing about (over the whole group, or over its
-negatives alone: ``LossWeights.encoder_prior_scope``).
+negatives alone: ``LossWeights.encoder_prior_scope``). The residual term is listwise on the
+log-odds added to the first stages' fused z-scores ``f``, as the final score adds them: a
+candidate BM25 and dense already place well costs little, so the student spends itself on what
+they miss.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def encoder_prior_loss(scores: torch.Tensor, log_odds: torch.Tensor, temperature
 def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds: torch.Tensor | None = None,
                fulltext_log_odds: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
                hidden_fulltext: torch.Tensor | None = None, prior_scores: torch.Tensor | None = None,
-               weights: LossWeights | None = None) -> dict:
+               first_stage_scores: torch.Tensor | None = None, weights: LossWeights | None = None) -> dict:
     """The stage-3 loss and its parts (each a scalar tensor); absent signals contribute nothing."""
     weights = weights or LossWeights()
     parts = {"task": bernoulli_kl(labels, log_odds)}
@@ -67,6 +70,9 @@ def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds
         if ordered.sum() >= 2:
             parts["encoder_prior"] = encoder_prior_loss(prior_scores.to(log_odds.device)[ordered], log_odds[ordered],
                                                         weights.encoder_prior_temperature)
+    if weights.residual_listwise and first_stage_scores is not None:
+        offset = first_stage_scores.detach().to(log_odds) / weights.residual_temperature
+        parts["residual_listwise"] = listwise_loss(labels, log_odds + offset)
     if teacher_log_odds is not None and (covered := ~torch.isnan(teacher_log_odds)).any():
         parts["distill"] = bernoulli_kl(torch.sigmoid(teacher_log_odds[covered].detach()), log_odds[covered])
     if fulltext_log_odds is not None and (covered := ~torch.isnan(fulltext_log_odds)).any():
@@ -79,5 +85,6 @@ def mixlm_loss(labels: torch.Tensor, log_odds: torch.Tensor, *, teacher_log_odds
              + weights.distill * parts.get("distill", 0.0)
              + weights.align * (weights.align_kl * parts.get("align_kl", 0.0)
                                 + weights.align_cos * parts.get("align_cos", 0.0))
-             + weights.encoder_prior * parts.get("encoder_prior", 0.0))
+             + weights.encoder_prior * parts.get("encoder_prior", 0.0)
+             + weights.residual_listwise * parts.get("residual_listwise", 0.0))
     return {"total": total, **parts}

@@ -75,9 +75,10 @@ def test_joint_prior_options_reach_the_run_config(teacher_bundle, tmp_path):
                                        "--max-queries", "12", "--group-size", "4", "--queries-per-step", "1",
                                        "--steps", "1", "--teacher-negatives", "1", "--bm25-depth", "20",
                                        "--encoder-prior-source", "maxsim", "--encoder-prior-scope", "negatives",
-                                       "--run", str(run)])
+                                       "--residual-weight", "0.5", "--run", str(run)])
     assert result.exit_code == 0, result.output
     phase2 = json.loads((run / "config.json").read_text())["phase2"]
     assert (phase2["encoder_prior_source"], phase2["encoder_prior_scope"]) == ("maxsim", "negatives")
     assert phase2["encoder_prior_temperature"] == 0.03  # the source's own default
+    assert phase2["residual_listwise"] == 0.5
     assert json.loads((run / "maxsim.json").read_text())  # the source's scores were computed for the run

@@ -157,3 +157,33 @@ def test_a_prior_over_the_negatives_leaves_the_relevant_candidates_to_the_labels
 def test_the_prior_refuses_an_unknown_source_scope_or_a_non_positive_temperature(bad):
     with pytest.raises(InputError, match="encoder_prior"):
         LossWeights(**bad)
+
+
+def test_the_residual_term_is_listwise_on_the_log_odds_plus_the_first_stages_by_hand():
+    labels, log_odds = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.5, 0.0, -0.5])
+    first_stage = torch.tensor([1.0, -1.0, 0.0])  # BM25+dense put the relevant candidate last
+    logits = [lo + f / 0.5 for lo, f in zip(log_odds.tolist(), first_stage.tolist(), strict=True)]
+    expected = -(logits[1] - math.log(sum(math.exp(x) for x in logits)))
+    weights = LossWeights(residual_listwise=2.0, residual_temperature=0.5)
+    parts = mixlm_loss(labels, log_odds, first_stage_scores=first_stage, weights=weights)
+    assert parts["residual_listwise"].item() == pytest.approx(expected, abs=1e-6)
+    assert parts["total"].item() == pytest.approx(bernoulli_kl(labels, log_odds).item() + 2.0 * expected, rel=1e-6)
+    assert "residual_listwise" not in mixlm_loss(labels, log_odds, first_stage_scores=first_stage)  # off by default
+
+
+def test_the_residual_term_asks_less_where_the_first_stages_already_rank_the_relevant_candidate_first():
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    weights = LossWeights(residual_listwise=1.0)
+    pushes = {}
+    for name, first_stage in (("found", [2.0, 0.0, -1.0, -1.0]), ("missed", [-2.0, 0.0, 1.0, 1.0])):
+        log_odds = torch.zeros(4, requires_grad=True)
+        mixlm_loss(labels, log_odds, first_stage_scores=torch.tensor(first_stage), weights=weights)[
+            "residual_listwise"].backward()
+        pushes[name] = -log_odds.grad[0].item()  # how hard the gradient lifts the relevant candidate
+        assert log_odds.grad.sum().item() == pytest.approx(0.0, abs=1e-6)  # a shift of every log-odds costs nothing
+    assert 0 < pushes["found"] < 0.1 < pushes["missed"]
+
+
+def test_the_residual_term_refuses_a_non_positive_temperature():
+    with pytest.raises(InputError, match="residual_temperature"):
+        LossWeights(residual_temperature=0.0)

@@ -148,11 +148,14 @@ def _maxsim_by_hand(encoder: ItemEncoder, query: str, document: str) -> torch.Te
     return (states[0] @ states[1].T).max(dim=1).values.mean()
 
 
-@pytest.mark.parametrize("source", list(PRIOR_TEMPERATURES))
-def test_the_prior_reads_each_candidate_s_own_first_stage_scores(teacher_bundle, tmp_path, monkeypatch, source):
+@pytest.mark.parametrize(("source", "term"), [(source, "encoder_prior") for source in PRIOR_TEMPERATURES]
+                         + [("bm25+dense", "residual_listwise")])
+def test_the_prior_reads_each_candidate_s_own_first_stage_scores(teacher_bundle, tmp_path, monkeypatch, source,
+                                                                  term):
     """The joint stage hands the loss the scores a client would compute for the same group (rows in
     the group's order): the cosines, or their z-scores plus BM25's over the training corpus, or the
-    MaxSim of the encoder's token states; and the prior's part shows in the run's metrics."""
+    MaxSim of the encoder's token states, for the prior, and the z-scores for the residual term;
+    and the term's part shows in the run's metrics."""
     import mixlm.training.joint as joint
     from mixlm.ranker.fusion import standardise
     from mixlm.training.candidates import GroupSampler, bm25_index
@@ -165,13 +168,14 @@ def test_the_prior_reads_each_candidate_s_own_first_stage_scores(teacher_bundle,
         return groups
 
     def recording_loss(labels, log_odds, **kwargs):
-        seen.append(kwargs["prior_scores"].detach().clone())
+        seen.append(kwargs["prior_scores" if term == "encoder_prior" else "first_stage_scores"].detach().clone())
         return mixlm_loss(labels, log_odds, **kwargs)
 
     monkeypatch.setattr(GroupSampler, "groups", recording_groups)
     monkeypatch.setattr(joint, "mixlm_loss", recording_loss)
-    prior = LossWeights(task=0.0, listwise=0.0, distill=0.0, align=0.0, encoder_prior=1.0,
-                        encoder_prior_source=source, encoder_prior_temperature=PRIOR_TEMPERATURES[source])
+    prior = LossWeights(task=0.0, listwise=0.0, distill=0.0, align=0.0, **(
+        {"encoder_prior": 1.0, "encoder_prior_source": source, "encoder_prior_temperature": PRIOR_TEMPERATURES[source]}
+        if term == "encoder_prior" else {"residual_listwise": 1.0}))
     run = tmp_path / "prior"
     bundle = _joint(teacher_bundle, run, steps=1, lr=1e-3, weights=prior)
     dataset, _ = training_data(small_data(max_queries=12, group_size=4), lambda line: None)
@@ -194,7 +198,7 @@ def test_the_prior_reads_each_candidate_s_own_first_stage_scores(teacher_bundle,
                                     for d in group.doc_ids])
             assert expected.std() > 0  # candidates differ, so the rows' order is checked too
         assert torch.allclose(scores.float(), expected, atol=1e-3)
-    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["encoder_prior"] > 0
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])[term] > 0
 
 
 def test_the_student_bundle_records_its_settings_and_stays_small(student, teacher_bundle):
