@@ -9,7 +9,7 @@ A ranker's answer is a Bernoulli ``p = sigmoid(log_odds)``; labels are soft ``p*
 The listwise term compares the candidates of one query with each other (a softmax over the
 group), which is what NDCG rewards; the pointwise terms keep each ``p(yes)`` calibrated.
 Teacher and full-text targets may cover only some candidates of a group (NaN elsewhere): their
-terms average over the covered ones. The last term is the first stages' prior: their order over
+terms average over the covered ones. The λ_e term is the first stages' prior: their order over
 the group (``s``: the encoder's cosines, their z-score fusion with BM25's scores, or the MaxSim of
 the encoder's token states), which holds on collections the gold labels never covered, as a soft
 target for the candidates the labels say nothing about (over the whole group, or over its
