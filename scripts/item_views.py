@@ -112,12 +112,14 @@ def main() -> None:
     encoders = parser.add_mutually_exclusive_group(required=True)
     encoders.add_argument("--bundle", help="a bundle whose encoder is measured")
     encoders.add_argument("--model-dir", help="a local transformers encoder folder, mean-pooled, instead of a bundle's")
-    parser.add_argument("--max-length", type=int, default=256, help="item tokens kept with --model-dir")
+    parser.add_argument("--max-length", type=int, help="item tokens kept with --model-dir  [default: 256]")
     parser.add_argument("--dataset", action="append", required=True, help="a BEIR folder with a train split")
     parser.add_argument("--depth", type=int, default=100, help="BM25 candidates reranked per query")
     args = parser.parse_args()
+    if args.bundle and args.max_length is not None:
+        parser.error("--max-length goes with --model-dir: a bundle keeps the item tokens it was built with")
     encoder = (ItemEncoder.from_bundle(load_bundle(args.bundle)) if args.bundle else
-               ItemEncoder.from_model_dir(args.model_dir, pooling="mean", max_length=args.max_length))
+               ItemEncoder.from_model_dir(args.model_dir, pooling="mean", max_length=args.max_length or 256))
     print(json.dumps({name: collection_views(encoder, name, args.depth) for name in args.dataset}, indent=2))
 
 

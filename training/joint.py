@@ -310,8 +310,8 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
                                            group.doc_ids, bm25=lexical, maxsim=maxsim) for source in sources}
             parts = mixlm_loss(torch.tensor(group.labels), log_odds, teacher_log_odds=teacher_odds,
                                fulltext_log_odds=full_odds, hidden=hidden, hidden_fulltext=full_hidden,
-                               prior_scores=orders.get(weights.encoder_prior_source) if weights.encoder_prior
-                               else None, first_stage_scores=orders.get("bm25+dense"), weights=weights)
+                               prior_scores=orders.get(weights.encoder_prior_source),
+                               first_stage_scores=orders.get("bm25+dense"), weights=weights)
             (parts["total"] / per_step).backward()
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value.item() / per_step
