@@ -186,12 +186,15 @@ def domain(bundle_dir, dataset, steps, docs_per_step, max_tokens, lr, lora_rank,
                    "which trains the student for the final score")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="> 0: the bundle gets the exponential moving average of the weights over the steps (0: the last)")
+@click.option("--start-from", type=click.Path(exists=True, file_okay=False), default=None,
+              help="continue from a trained MixLM bundle (its ranker adapter and interaction) instead of a fresh "
+                   "student; its projection stays frozen, so the result reads the same store records")
 @user_errors
 def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step, max_queries, holdout_every, steps,
           lr, checkpoint_every, seed, run_dir, n_tokens, projection, encoder_max_length, encoder_lora_layers, lora_rank,
           query_vector, interaction, max_item_tokens, teacher_negatives, dense_depth, fulltext_targets,
           phase1_fraction, distill_weight, encoder_prior_weight, encoder_prior_source,
-          encoder_prior_temperature, encoder_prior_scope, residual_weight, ema_decay) -> None:
+          encoder_prior_temperature, encoder_prior_scope, residual_weight, ema_decay, start_from) -> None:
     """Stage 3: train projection and ranker (and optionally the encoder) on mixed inputs, with distillation
     and self-alignment on the pairs the teacher scored; fits the final score's fusion on held-out queries.
 
@@ -216,7 +219,8 @@ def joint(teacher_dir, datasets, split, bm25_depth, group_size, queries_per_step
                                                     encoder_prior_temperature=encoder_prior_temperature
                                                     or PRIOR_TEMPERATURES[encoder_prior_source],
                                                     encoder_prior_scope=encoder_prior_scope,
-                                                    residual_listwise=residual_weight))
+                                                    residual_listwise=residual_weight),
+                         start_from=str(Path(start_from).resolve()) if start_from else None)
     click.echo(str(train_joint(teacher_dir, run_dir, config, log=echo_err).path))
 
 

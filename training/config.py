@@ -131,6 +131,9 @@ class JointConfig:
     # teacher, so the teacher's hidden states live in another model's space.
     phase2: LossWeights = LossWeights(task=0.5, listwise=1.0, distill=0.1, align=0.0, align_kl=1.0, align_cos=1.0,
                                       encoder_prior=2.0)
+    # a trained MixLM bundle to continue from (its adapter, interaction and projection) instead of a fresh
+    # student; its projection stays frozen, so the result keeps its encoder_id and reads the same store
+    start_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.fulltext_targets not in FULLTEXT_TARGETS:
@@ -141,6 +144,9 @@ class JointConfig:
         if self.fulltext_targets == "live" and self.inputs.interaction:
             raise InputError("live full-text targets need a ranker without query-item interactions: the "
                              "interaction belongs to embedding tokens, not to text")
+        if self.start_from and self.encoder_lora is not None:
+            raise InputError("a run that starts from a trained bundle keeps its encoder and projection frozen (the "
+                             "store's tokens stay valid): it cannot train an encoder adapter")
 
     def weights_at(self, step: int) -> LossWeights:
         return self.phase1 if step < self.phase1_fraction * self.loop.steps else self.phase2

@@ -3,8 +3,9 @@
 The student ranker reads ``[prompt + query text][query tokens][item tokens][end]`` (see
 ``RankerInputs``): the query's own vectors close the shared prefix, and each item token carries
 the projected elementwise product of the query's and the item's retrieval vectors besides the
-item's projected vector. It starts from the base ranker with a fresh adapter on every block;
-the teacher teaches through its targets.
+item's projected vector. It starts from the base ranker with a fresh adapter on every block, or
+from a trained bundle's adapter with that bundle's projection frozen (``start_from``: the item
+tokens, and so the store's records, stay valid); the teacher teaches through its targets.
 
 The loss (``losses.mixlm_loss``) is listwise (softmax over each group) plus pointwise on the
 gold labels, plus distillation of the teacher's full-text scores and self-alignment to its
@@ -35,12 +36,13 @@ from mixlm.encoders.batching import token_budget_batches
 from mixlm.encoders.bundle import Bundle, load_bundle
 from mixlm.encoders.config import EncodingConfig, ProjectionConfig, default_pooling
 from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
-from mixlm.encoders.lora import add_lora
+from mixlm.encoders.lora import add_lora, load_lora_state, read_adapter
 from mixlm.encoders.projection import init_interaction, init_projection
 from mixlm.ranker.fusion import standardise
 from mixlm.ranker.model import MixedInputRanker
 from mixlm.ranker.retrieval import BM25Index
 from mixlm.schemas.beir import BeirDataset
+from mixlm.schemas.errors import InputError
 from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, bm25_index, merged_candidates
 from mixlm.training.config import JointConfig
 from mixlm.training.export import write_bundle
@@ -216,25 +218,47 @@ def prior_scores(source: str, retrieval: torch.Tensor, query_id: str, query: str
     return torch.from_numpy(standardise(bm25.scores(query, doc_ids)) + standardise(cosines.cpu().numpy()))
 
 
-def _fresh_student_ranker(teacher: Bundle, prompt, config: JointConfig, log) -> tuple[MixedInputRanker, list]:
-    """The base ranker (without the teacher's adapter) with a fresh adapter on every block."""
+def _student_ranker(teacher: Bundle, prompt, config: JointConfig, start: Bundle | None,
+                    log) -> tuple[MixedInputRanker, list]:
+    """The base ranker with an adapter on every block: fresh, or the ``start`` bundle's, to train further."""
     model = teacher.load_ranker(merge_adapter=False, with_adapter=False)
     params = add_lora(model, config.ranker_lora, seed=config.loop.seed)
-    log(f"ranker: fresh adapter ({config.ranker_lora})")
-    interaction = init_interaction(teacher.config.encoder.hidden_size, teacher.config.ranker.hidden_size,
-                                   config.loop.seed) if config.inputs.interaction else None
+    if start is None:
+        log(f"ranker: fresh adapter ({config.ranker_lora})")
+        interaction = init_interaction(teacher.config.encoder.hidden_size, teacher.config.ranker.hidden_size,
+                                       config.loop.seed) if config.inputs.interaction else None
+    else:
+        load_lora_state(model, read_adapter(start.ranker_dir)[1])
+        interaction = start.load_interaction() if config.inputs.interaction else None
+        log(f"ranker: the adapter and interaction of {start.path}, trained further")
     return MixedInputRanker(model, teacher.ranker_tokenizer, prompt, "", inputs=config.inputs,
                             interaction=interaction), params
+
+
+def _start_bundle(config: JointConfig, student_config) -> Bundle | None:
+    """The bundle a run continues from, refused unless it reads items and queries as this run would."""
+    if not config.start_from:
+        return None
+    start = load_bundle(config.start_from)
+    for part in ("encoder", "ranker", "encoding", "projection", "inputs", "prompt"):
+        if getattr(start.config, part) != getattr(student_config, part):
+            raise InputError(f"--start-from {start.path}: its {part} settings differ from this run's "
+                             f"({getattr(start.config, part)} against {getattr(student_config, part)})")
+    lora = read_adapter(start.ranker_dir)[0]
+    if lora != config.ranker_lora:
+        raise InputError(f"--start-from {start.path}: its ranker adapter is {lora}, this run's {config.ranker_lora}")
+    return start
 
 
 def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfig, *, log=print) -> Bundle:
     """Train (or resume) stage 3 from a teacher bundle; writes and returns ``run_dir/bundle``."""
     seed_everything(config.loop.seed)
     teacher = load_bundle(teacher_dir)
+    student_config = _student_bundle_config(teacher, config)
+    start = _start_bundle(config, student_config)  # a misfit is refused before the run directory is made
     run = RunDir(run_dir, "joint", {"source": str(Path(teacher_dir).resolve()), **dataclasses.asdict(config)})
     dataset, devs = training_data(config.data, log)
-    student_config = _student_bundle_config(teacher, config)
-    ranker, ranker_params = _fresh_student_ranker(teacher, student_config.prompt, config, log)
+    ranker, ranker_params = _student_ranker(teacher, student_config.prompt, config, start, log)
     device = ranker.device
 
     encoder_model = teacher.load_encoder(device, merge_adapter=False)
@@ -268,13 +292,16 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     else:
         log("joint: no loss term reads the teacher (distillation 0, no alignment to it): no teacher targets")
 
-    projection = init_projection(student_config.projection, config.loop.seed).to(device)
-    sample_pooled, _ = encoded.get([f"doc:{d}" for d in doc_ids[:64]])
-    factor = calibrate_projection(projection, sample_pooled.to(device),
-                                  ranker.embed.weight.float().pow(2).mean().sqrt().item())
-    log(f"joint: projection scaled by {factor:.3g} to the ranker's embedding rms")
-    extra_params = list(projection.parameters()) + (list(ranker.interaction.parameters())
-                                                    if ranker.interaction is not None else [])
+    if start is None:
+        projection = init_projection(student_config.projection, config.loop.seed).to(device)
+        sample_pooled, _ = encoded.get([f"doc:{d}" for d in doc_ids[:64]])
+        factor = calibrate_projection(projection, sample_pooled.to(device),
+                                      ranker.embed.weight.float().pow(2).mean().sqrt().item())
+        log(f"joint: projection scaled by {factor:.3g} to the ranker's embedding rms")
+    else:  # frozen: the item tokens, and so the encoder_id, stay the start bundle's
+        projection = start.load_projection().to(device).requires_grad_(False)
+    extra_params = [p for p in projection.parameters() if p.requires_grad] + (
+        list(ranker.interaction.parameters()) if ranker.interaction is not None else [])
 
     def inputs_for(keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled states and retrieval vectors: live (trainable encoder) or from the cache."""

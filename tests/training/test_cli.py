@@ -82,3 +82,24 @@ def test_joint_prior_options_reach_the_run_config(teacher_bundle, tmp_path):
     assert phase2["encoder_prior_temperature"] == 0.03  # the source's own default
     assert phase2["residual_listwise"] == 0.5
     assert json.loads((run / "maxsim.json").read_text())  # the source's scores were computed for the run
+
+
+def test_joint_start_from_reaches_the_run_config_and_a_misfit_is_one_error_line(teacher_bundle, tmp_path):
+    common = ["train", "joint", "--teacher", str(teacher_bundle), "--dataset", str(SCIFACT), "--max-queries", "6",
+              "--group-size", "3", "--queries-per-step", "1", "--steps", "1", "--teacher-negatives", "0",
+              "--bm25-depth", "20", "--lora-rank", "4"]
+    first = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "first")])
+    assert first.exit_code == 0, first.output
+    start = tmp_path / "first" / "bundle"
+    # as docs/training.md tells a user: without the teacher's term, the start bundle serves as --teacher
+    further = [arg if arg != str(teacher_bundle) else str(start) for arg in common]
+    result = CliRunner().invoke(main, [*further, "--start-from", str(start), "--encoder-prior-weight", "0",
+                                       "--distill-weight", "0", "--run", str(tmp_path / "further")])
+    assert result.exit_code == 0, result.output
+    assert "no teacher targets" in result.output
+    assert json.loads((tmp_path / "further" / "config.json").read_text())["start_from"] == str(start.resolve())
+    assert "trained further" in result.output
+    misfit = CliRunner().invoke(main, [*common[:-1], "8", "--start-from", str(start), "--run", str(tmp_path / "x")])
+    assert misfit.exit_code == 1 and "Traceback" not in misfit.output
+    assert misfit.output.strip().splitlines()[-1].startswith(f"mixlm: error: --start-from {start.resolve()}: its "
+                                                             "ranker adapter is")

@@ -1,4 +1,4 @@
-"""The trained bundle in bundles/: complete, pinned to the published base models, and, where the bases
+"""The trained bundles in bundles/: complete, pinned to the published base models, and, where the bases
 are fetched (``mixlm models fetch``), loading to a working encoder and ranker."""
 
 import json
@@ -11,11 +11,13 @@ from mixlm.encoders.bundle import load_bundle
 from mixlm.encoders.lora import has_adapter, read_adapter
 from mixlm.encoders.pretrained import MANIFEST, PRETRAINED, model_dir
 
-SHIPPED = Path(__file__).resolve().parents[2] / "bundles" / "default"
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+SHIPPED = (BUNDLES / "default", BUNDLES / "scifact")
 
 
-def test_the_shipped_bundle_is_complete_and_pinned():
-    bundle = load_bundle(SHIPPED)
+@pytest.mark.parametrize("shipped", SHIPPED, ids=lambda path: path.name)
+def test_the_shipped_bundle_is_complete_and_pinned(shipped):
+    bundle = load_bundle(shipped)
     assert (bundle.config.encoder.base, bundle.config.ranker.base) == ("minilm-l6", "smollm2-135m")
     for part, name in ((bundle.encoder_dir, "minilm-l6"), (bundle.ranker_dir, "smollm2-135m")):
         pin = json.loads((part / BASE_FILE).read_text())
@@ -31,19 +33,31 @@ def test_the_shipped_bundle_is_complete_and_pinned():
     assert bundle.config.inputs.query_vector and bundle.config.inputs.interaction
     fusion = bundle.config.fusion
     assert fusion is not None and "train-dev" in fusion.fitted_on and "test" not in fusion.fitted_on
-    assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 25 * 2**20
+    assert sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file()) < 25 * 2**20
+
+
+def test_the_scifact_bundle_reads_the_default_bundle_s_store_records():
+    """Trained further from bundles/default with its projection frozen: the same item tokens, so one
+    backfill serves both; only the ranker and the fusion weights differ."""
+    default, scifact = map(load_bundle, SHIPPED)
+    assert scifact.encoder_id == default.encoder_id
+    assert scifact.projection_file.read_bytes() == default.projection_file.read_bytes()
+    assert (scifact.ranker_dir / "adapter.safetensors").read_bytes() != (
+        default.ranker_dir / "adapter.safetensors").read_bytes()
+    assert scifact.config.fusion.fitted_on.startswith("scifact/train-dev")
 
 
 @pytest.mark.skipif(not all((model_dir(n) / MANIFEST).is_file() for n in ("minilm-l6", "smollm2-135m")),
                     reason="the base models are not fetched (mixlm models fetch minilm-l6 smollm2-135m)")
-def test_the_shipped_bundle_loads_on_its_bases_and_scores_items_apart():
+@pytest.mark.parametrize("shipped", SHIPPED, ids=lambda path: path.name)
+def test_the_shipped_bundle_loads_on_its_bases_and_scores_items_apart(shipped):
     """The mechanics only: its quality is measured in docs/training.md, not asserted here."""
     import numpy as np
 
     from mixlm.encoders import ItemEncoder
     from mixlm.ranker.model import MixedInputRanker
 
-    bundle = load_bundle(SHIPPED)
+    bundle = load_bundle(shipped)
     encoder = ItemEncoder.from_bundle(bundle, device="cpu")  # refuses files that no longer match encoder_id
     ranker = MixedInputRanker.from_bundle(bundle, device="cpu")
     items = encoder.encode([

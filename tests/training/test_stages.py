@@ -14,6 +14,7 @@ from mixlm.ranker.client import RankerClient
 from mixlm.ranker.model import MixedInputRanker
 from mixlm.ranker.text_baselines import FullTextRanker
 from mixlm.schemas import ItemEvent
+from mixlm.schemas.errors import InputError
 from mixlm.store import EmbeddingStore
 from mixlm.training.candidates import Group
 from mixlm.training.config import PRIOR_TEMPERATURES, JointConfig, LoopConfig, LossWeights
@@ -58,14 +59,17 @@ def test_a_test_split_is_refused_before_any_training(base_bundle, tmp_path):
     assert not (tmp_path / "leak" / "checkpoint").exists()
 
 
-def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1, encoder_lora=None, weights=None):
+def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1, encoder_lora=None, weights=None, start_from=None,
+           lora_rank=4):
     """Distillation and alignment only by default (task weights 0): the tiny teacher fits its labels
     poorly, and the task terms would pull the student toward the labels rather than toward the teacher."""
     weights = weights or LossWeights(task=0.0, listwise=0.0, distill=1.0, align=1.0, align_kl=1.0, align_cos=1.0)
     config = JointConfig(small_data(max_queries=12, group_size=4), LoopConfig(
                              steps=steps, lr=lr, warmup_steps=1, checkpoint_every=steps, log_every=steps),
-                         n_tokens=n_tokens, encoder_lora=encoder_lora, ranker_lora=LoraConfig(rank=4, alpha=8.0),
-                         max_item_tokens=48, teacher_negatives=2, dense_depth=10, phase1=weights, phase2=weights)
+                         n_tokens=n_tokens, encoder_lora=encoder_lora,
+                         ranker_lora=LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank), max_item_tokens=48,
+                         teacher_negatives=2, dense_depth=10, phase1=weights, phase2=weights,
+                         start_from=str(start_from) if start_from else None)
     return train_joint(teacher_bundle, run_dir, config, **QUIET).path
 
 
@@ -220,6 +224,38 @@ def test_a_trainable_encoder_and_several_embedding_tokens_train_and_load(teacher
     assert "dev" in bundle.config.fusion.fitted_on  # its dev queries were scored with the trained encoder
     item = ItemEncoder.from_bundle(bundle).encode([("A title", "some text here")])[0]
     assert item.vectors.shape == (3, bundle.config.ranker.hidden_size)
+
+
+def test_a_run_started_from_a_trained_bundle_continues_it_and_keeps_its_store_records(student, teacher_bundle,
+                                                                                      teacher_pairs, tmp_path):
+    """Its first step starts where the trained student ended (same scores at a vanishing learning rate),
+    training moves the ranker, and the projection stays as it was: the encoder_id, and so the store's
+    records, are the start bundle's."""
+    dataset, chosen = teacher_pairs
+    still = _joint(teacher_bundle, tmp_path / "still", steps=1, lr=1e-9, start_from=student)
+    moved = _joint(teacher_bundle, tmp_path / "moved", steps=6, lr=1e-2, start_from=student)
+    fresh = _joint(teacher_bundle, tmp_path / "fresh", steps=1, lr=1e-9)
+    for group in chosen[:3]:
+        start_scores = _student_scores(student, dataset, group)
+        assert torch.allclose(_student_scores(still, dataset, group), start_scores, atol=1e-3)
+        assert not torch.allclose(_student_scores(fresh, dataset, group), start_scores, atol=1e-3)
+    start = load_bundle(student)
+    for bundle in map(load_bundle, (still, moved)):
+        assert bundle.encoder_id == start.encoder_id
+        assert bundle.projection_file.read_bytes() == start.projection_file.read_bytes()
+    assert (load_bundle(moved).ranker_dir / "adapter.safetensors").read_bytes() != (
+        start.ranker_dir / "adapter.safetensors").read_bytes()
+
+
+def test_a_start_bundle_that_does_not_fit_the_run_is_refused_before_training(student, teacher_bundle, tmp_path):
+    with pytest.raises(InputError, match="its ranker adapter is"):
+        _joint(teacher_bundle, tmp_path / "rank", steps=1, lr=1e-3, start_from=student, lora_rank=8)
+    with pytest.raises(InputError, match="its encoding settings differ"):
+        _joint(teacher_bundle, tmp_path / "tokens", steps=1, lr=1e-3, start_from=student, n_tokens=2)
+    with pytest.raises(InputError, match="cannot train an encoder adapter"):
+        _joint(teacher_bundle, tmp_path / "encoder", steps=1, lr=1e-3, start_from=student,
+               encoder_lora=LoraConfig(rank=4, alpha=8.0, top_layers=1))
+    assert not any((tmp_path / name).exists() for name in ("rank", "tokens", "encoder"))
 
 
 def test_a_trained_bundle_round_trips_into_the_ranker_client(student, teacher_pairs, tmp_path):
