@@ -114,7 +114,15 @@ class TeacherTargets:
         return f"{query_id}\t{doc_id}"
 
     def missing(self, groups: list[Group]) -> list[Group]:
-        return [g for g in groups if any(self.key(g.query_id, d) not in self.index for d in g.doc_ids)]
+        """The groups narrowed to their uncovered candidates (a run with more teacher negatives than the
+        cached targets' computes only the new pairs); groups already covered are left out."""
+        todo = []
+        for group in groups:
+            rows = [i for i, d in enumerate(group.doc_ids) if self.key(group.query_id, d) not in self.index]
+            if rows:
+                todo.append(Group(group.query_id, tuple(group.doc_ids[i] for i in rows),
+                                  tuple(group.labels[i] for i in rows)))
+        return todo
 
     def add(self, group: Group, log_odds: torch.Tensor, hidden: torch.Tensor) -> None:
         for row, doc in enumerate(group.doc_ids):
@@ -219,7 +227,7 @@ def prior_scores(source: str, retrieval: torch.Tensor, query_id: str, query: str
 
 
 def _student_ranker(teacher: Bundle, prompt, config: JointConfig, start: Bundle | None,
-                    log) -> tuple[MixedInputRanker, list]:
+                    start_adapter: dict[str, torch.Tensor] | None, log) -> tuple[MixedInputRanker, list]:
     """The base ranker with an adapter on every block: fresh, or the ``start`` bundle's, to train further."""
     model = teacher.load_ranker(merge_adapter=False, with_adapter=False)
     params = add_lora(model, config.ranker_lora, seed=config.loop.seed)
@@ -228,26 +236,27 @@ def _student_ranker(teacher: Bundle, prompt, config: JointConfig, start: Bundle 
         interaction = init_interaction(teacher.config.encoder.hidden_size, teacher.config.ranker.hidden_size,
                                        config.loop.seed) if config.inputs.interaction else None
     else:
-        load_lora_state(model, read_adapter(start.ranker_dir)[1])
+        load_lora_state(model, start_adapter)
         interaction = start.load_interaction() if config.inputs.interaction else None
         log(f"ranker: the adapter and interaction of {start.path}, trained further")
     return MixedInputRanker(model, teacher.ranker_tokenizer, prompt, "", inputs=config.inputs,
                             interaction=interaction), params
 
 
-def _start_bundle(config: JointConfig, student_config) -> Bundle | None:
-    """The bundle a run continues from, refused unless it reads items and queries as this run would."""
+def _start_bundle(config: JointConfig, student_config) -> tuple[Bundle | None, dict[str, torch.Tensor] | None]:
+    """The bundle a run continues from and its ranker adapter's weights, refused unless it reads items
+    and queries as this run would."""
     if not config.start_from:
-        return None
+        return None, None
     start = load_bundle(config.start_from)
     for part in ("encoder", "ranker", "encoding", "projection", "inputs", "prompt"):
         if getattr(start.config, part) != getattr(student_config, part):
             raise InputError(f"--start-from {start.path}: its {part} settings differ from this run's "
                              f"({getattr(start.config, part)} against {getattr(student_config, part)})")
-    lora = read_adapter(start.ranker_dir)[0]
+    lora, adapter = read_adapter(start.ranker_dir)
     if lora != config.ranker_lora:
         raise InputError(f"--start-from {start.path}: its ranker adapter is {lora}, this run's {config.ranker_lora}")
-    return start
+    return start, adapter
 
 
 def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfig, *, log=print) -> Bundle:
@@ -255,10 +264,10 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
     seed_everything(config.loop.seed)
     teacher = load_bundle(teacher_dir)
     student_config = _student_bundle_config(teacher, config)
-    start = _start_bundle(config, student_config)  # a misfit is refused before the run directory is made
+    start, start_adapter = _start_bundle(config, student_config)  # a misfit is refused before the run directory is made
     run = RunDir(run_dir, "joint", {"source": str(Path(teacher_dir).resolve()), **dataclasses.asdict(config)})
     dataset, devs = training_data(config.data, log)
-    ranker, ranker_params = _student_ranker(teacher, student_config.prompt, config, start, log)
+    ranker, ranker_params = _student_ranker(teacher, student_config.prompt, config, start, start_adapter, log)
     device = ranker.device
 
     encoder_model = teacher.load_encoder(device, merge_adapter=False)

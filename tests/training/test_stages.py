@@ -60,7 +60,7 @@ def test_a_test_split_is_refused_before_any_training(base_bundle, tmp_path):
 
 
 def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1, encoder_lora=None, weights=None, start_from=None,
-           lora_rank=4):
+           lora_rank=4, teacher_negatives=2, log=None):
     """Distillation and alignment only by default (task weights 0): the tiny teacher fits its labels
     poorly, and the task terms would pull the student toward the labels rather than toward the teacher."""
     weights = weights or LossWeights(task=0.0, listwise=0.0, distill=1.0, align=1.0, align_kl=1.0, align_cos=1.0)
@@ -68,9 +68,9 @@ def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1, encoder_lora=None,
                              steps=steps, lr=lr, warmup_steps=1, checkpoint_every=steps, log_every=steps),
                          n_tokens=n_tokens, encoder_lora=encoder_lora,
                          ranker_lora=LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank), max_item_tokens=48,
-                         teacher_negatives=2, dense_depth=10, phase1=weights, phase2=weights,
+                         teacher_negatives=teacher_negatives, dense_depth=10, phase1=weights, phase2=weights,
                          start_from=str(start_from) if start_from else None)
-    return train_joint(teacher_bundle, run_dir, config, **QUIET).path
+    return train_joint(teacher_bundle, run_dir, config, log=log or QUIET["log"]).path
 
 
 def _student_scores(bundle_dir, dataset, group):
@@ -98,6 +98,29 @@ def teacher_pairs(teacher_bundle, tmp_path_factory):
         qid, doc = key.split("\t")
         pairs.setdefault(qid, []).append(doc)
     return dataset, [Group(q, tuple(docs), (0.0,) * len(docs)) for q, docs in sorted(pairs.items())]
+
+
+def test_cached_teacher_targets_are_extended_with_only_the_pairs_they_lack(teacher_bundle, tmp_path):
+    """A run with more teacher negatives than the targets it starts with computes just the new pairs,
+    and ends with the targets a run computing them all from scratch has."""
+    from mixlm.training.joint import TARGETS_FILE, TeacherTargets
+
+    def targets(name, negatives, start=None, log=None):
+        if start:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / TARGETS_FILE).write_bytes((tmp_path / start / TARGETS_FILE).read_bytes())
+        _joint(teacher_bundle, tmp_path / name, steps=1, lr=1e-9, teacher_negatives=negatives, log=log)
+        return TeacherTargets(tmp_path / name / TARGETS_FILE)
+
+    narrow, scratch = targets("one", 1), targets("scratch", 2)
+    lines = []
+    extended = targets("extended", 2, start="one", log=lines.append)
+    assert 0 < len(narrow.index) < len(scratch.index)
+    assert f"({len(scratch.index) - len(narrow.index)} full-text pairs)" in "\n".join(lines)
+    assert set(extended.index) == set(scratch.index)
+    for key, row in scratch.index.items():
+        torch.testing.assert_close(extended.log_odds[extended.index[key]], scratch.log_odds[row],
+                                   atol=1e-4, rtol=1e-4)
 
 
 def _distance_to_teacher(student, teacher, pairs):
