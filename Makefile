@@ -38,7 +38,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mixlm bench store
 
-# Rebuilds bundles/default as docs/training.md describes (about 65 to 90 minutes on 2 CPU cores with bfloat16 units).
+# Rebuilds bundles/default and bundles/scifact as docs/training.md describes (81 minutes measured on
+# 2 CPU cores with AMX, up to about 120 without).
 train: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/train_scifact.sh
 
