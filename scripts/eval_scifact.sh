@@ -23,7 +23,7 @@ if wanted text; then needed+=("$runs/teacher/bundle"); fi
 if wanted specialist; then needed+=("$specialist"); fi
 for dir in "${needed[@]}"; do
   if [ ! -f "$dir/mixlm.json" ]; then
-    echo "eval_scifact.sh: no bundle in $dir: run 'make train' first (or set RUNS / BUNDLE)" >&2
+    echo "eval_scifact.sh: no bundle in $dir: run 'make train' first (or set RUNS / BUNDLE / SPECIALIST)" >&2
     exit 1
   fi
 done
