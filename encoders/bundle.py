@@ -116,6 +116,19 @@ class Bundle:
                              "seal it again with mixlm.encoders.seal_bundle()")
 
 
+# The settings that decide how a ranker reads items and queries: two bundles that agree on them
+# read the same store records and the same prompt, so one's adapter can continue or join the other's.
+READING_SETTINGS = ("encoder", "ranker", "encoding", "projection", "inputs", "prompt")
+
+
+def reading_difference(a: BundleConfig, b: BundleConfig) -> str | None:
+    """The first reading setting two bundles disagree on, as ``"part (a's against b's)"``; None if none."""
+    for part in READING_SETTINGS:
+        if getattr(a, part) != getattr(b, part):
+            return f"{part} ({getattr(a, part)} against {getattr(b, part)})"
+    return None
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read ``mixlm.json`` and check the parts are there; nothing heavy is loaded yet."""
     bundle = Bundle(path, BundleConfig.load(path))

@@ -6,7 +6,8 @@
 #   zeroshot  Cranfield and ADI (never trained on), all queries, BM25 top-100; NFCorpus test too when
 #             ../shared/data/_incomplete/nfcorpus is there (incomplete: 238 documents missing)
 #   specialist  the SciFact bundle (bundles/scifact) on SciFact test: all 300 queries at BM25 top-100,
-#             and the first 100 at top-20 (embedding methods only)
+#             and the first 100 at top-20 (embedding methods only); and on Cranfield and ADI, which
+#             it is not meant for, to show what it gives up there
 #   RUNS      run directories (default runs/);  BUNDLE  the MixLM bundle (default $RUNS/joint/bundle)
 #   SPECIALIST  the SciFact bundle (default $RUNS/scifact-specialist/bundle)
 #   ONLY      run just the named parts, space-separated
@@ -54,4 +55,8 @@ if wanted specialist; then
     -o json > "$out/scifact-specialist-all-d100.json"
   mixlm eval --dataset data/scifact --split test --rerank-depth 20 --max-queries 100 --bundle "$specialist" \
     --methods "$embedding" -o json > "$out/scifact-specialist-q100-d20.json"
+  for collection in cranfield adi; do
+    mixlm eval --dataset "data/$collection" --split test --rerank-depth 100 --bundle "$specialist" \
+      --methods "$embedding" -o json > "$out/scifact-specialist-$collection-all-d100.json"
+  done
 fi

@@ -44,6 +44,11 @@ mixlm train joint --teacher "$runs/teacher/bundle" --dataset "$data" --dataset "
 
 # A student that never saw the catalog: its scores there stand for a catalog nobody trained on,
 # so the fusion weights are fitted to hold there too, not only on the collections the bundle learned.
+# The run above already holds SciFact's encodings and the teacher's targets on its hardest pairs.
+mkdir -p "$runs/joint-scifact"
+for cached in encoded.safetensors targets.safetensors; do
+  [ -f "$runs/joint-scifact/$cached" ] || cp "$runs/joint/$cached" "$runs/joint-scifact/"
+done
 mixlm train joint --teacher "$runs/teacher/bundle" --dataset "$data" --group-size 16 \
   --queries-per-step 2 --steps 400 --lr 2e-3 --teacher-negatives 1 --run "$runs/joint-scifact"
 mixlm train fusion --bundle "$runs/joint/bundle" --dataset "$data" --dataset "$pseudo" \

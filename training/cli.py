@@ -1,4 +1,5 @@
-"""``mixlm train domain|teacher|joint|fusion|pseudo-queries`` and ``mixlm eval``: thin commands over ``mixlm.training``.
+"""``mixlm train domain|teacher|joint|fusion|average|pseudo-queries`` and ``mixlm eval``: thin commands
+over ``mixlm.training``.
 
 Heavy imports happen inside the commands, so ``--help`` stays instant.
 """
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mixlm.encoders.config import LoraConfig, RankerInputs
+from mixlm.encoders.config import CONFIG_NAME, LoraConfig, RankerInputs
 from mixlm.errors import user_errors
 from mixlm.options import bundle_option
 from mixlm.output import columns_table, echo_err, key_value_table, output_option, render
@@ -263,6 +264,30 @@ def fusion(bundle_dir, datasets, held_out, split, holdout_every, rerank_depth, o
              + f"\nfusion: mixlm 1, first_stage {report['fusion']['first_stage']}, dense {report['fusion']['dense']}"
              + f"; smallest gain over a case's best first stage {report['worst_gain']:+.4f}")
     click.echo(render(report, output, table))  # the JSON keeps every grid point's NDCG@10 per case
+
+
+@train.command()
+@click.option("--bundle", "bundle_dirs", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="a trained MixLM bundle to average (repeat: at least two, with one encoder_id and adapter shape)")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="the averaged bundle (replaced if it exists and is a bundle)")
+@output_option()
+@user_errors
+def average(bundle_dirs, out_dir, output) -> None:
+    """Average trained bundles' rankers into one bundle: runs of one recipe with other seeds, at the
+    cost of one ranker.
+
+    Each adapter's weight change is averaged and stored at the adapters' rank; the interaction
+    matrices are averaged. The result has no fusion weights: fit them with `mixlm train fusion`.
+    """
+    from mixlm.training.averaging import average_bundles
+
+    if out_dir.exists() and not (out_dir / CONFIG_NAME).is_file():
+        raise click.BadParameter(f"{out_dir} exists and is not a bundle; refusing to replace it", param_hint="--out")
+    bundle, kept = average_bundles(bundle_dirs, out_dir, log=echo_err)
+    report = {"bundle": str(bundle.path), "averaged": [str(Path(d)) for d in bundle_dirs],
+              "encoder_id": bundle.encoder_id, "adapter_change_kept": round(kept, 6)}
+    click.echo(render(report, output, key_value_table(report)))
 
 
 @train.command("pseudo-queries")

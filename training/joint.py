@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mixlm.encoders.batching import token_budget_batches
-from mixlm.encoders.bundle import Bundle, load_bundle
+from mixlm.encoders.bundle import Bundle, load_bundle, reading_difference
 from mixlm.encoders.config import EncodingConfig, ProjectionConfig, default_pooling
 from mixlm.encoders.item_encoder import EncodedItem, ItemEncoder
 from mixlm.encoders.lora import add_lora, load_lora_state, read_adapter
@@ -158,10 +158,14 @@ class EncodedTexts:
     def build(cls, path: Path | None, encoder: ItemEncoder, texts: dict[str, str], *, log) -> EncodedTexts:
         """Encode ``texts`` (key -> text, items already formatted by their template), or load them from ``path``
         (None: encode, cache nothing). The keys travel in the file's metadata and the file is replaced
-        atomically, so a run killed while saving finds the whole cache or none."""
+        atomically, so a run killed while saving finds the whole cache or none. A cache that holds every
+        key, and more (another run's over a larger corpus, copied in), serves its rows for them."""
         stored = read_keyed_tensors(path) if path is not None else None
-        if stored is not None and stored[0] == list(texts):
-            return cls(stored[0], stored[1]["pooled"], stored[1]["retrieval"])
+        if stored is not None:
+            row = {key: n for n, key in enumerate(stored[0])}
+            if all(key in row for key in texts):
+                rows = torch.tensor([row[key] for key in texts], dtype=torch.long)
+                return cls(list(texts), stored[1]["pooled"][rows], stored[1]["retrieval"][rows])
         keys = list(texts)
         pooled: list[torch.Tensor | None] = [None] * len(keys)
         retrieval: list[torch.Tensor | None] = [None] * len(keys)
@@ -249,10 +253,9 @@ def _start_bundle(config: JointConfig, student_config) -> tuple[Bundle | None, d
     if not config.start_from:
         return None, None
     start = load_bundle(config.start_from)
-    for part in ("encoder", "ranker", "encoding", "projection", "inputs", "prompt"):
-        if getattr(start.config, part) != getattr(student_config, part):
-            raise InputError(f"--start-from {start.path}: its {part} settings differ from this run's "
-                             f"({getattr(start.config, part)} against {getattr(student_config, part)})")
+    difference = reading_difference(start.config, student_config)
+    if difference:
+        raise InputError(f"--start-from {start.path}: its settings differ from this run's in {difference}")
     lora, adapter = read_adapter(start.ranker_dir)
     if lora != config.ranker_lora:
         raise InputError(f"--start-from {start.path}: its ranker adapter is {lora}, this run's {config.ranker_lora}")

@@ -12,7 +12,7 @@ from .conftest import SCIFACT
 
 
 @pytest.mark.parametrize("command", [["train"], ["train", "domain"], ["train", "teacher"], ["train", "joint"],
-                                     ["train", "fusion"], ["eval"]])
+                                     ["train", "fusion"], ["train", "average"], ["eval"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
@@ -84,7 +84,7 @@ def test_joint_prior_options_reach_the_run_config(teacher_bundle, tmp_path):
     assert json.loads((run / "maxsim.json").read_text())  # the source's scores were computed for the run
 
 
-def test_joint_start_from_reaches_the_run_config_and_a_misfit_is_one_error_line(teacher_bundle, tmp_path):
+def test_joint_start_from_reaches_the_run_config_a_misfit_is_one_error_line_and_runs_average(teacher_bundle, tmp_path):
     common = ["train", "joint", "--teacher", str(teacher_bundle), "--dataset", str(SCIFACT), "--max-queries", "6",
               "--group-size", "3", "--queries-per-step", "1", "--steps", "1", "--teacher-negatives", "0",
               "--bm25-depth", "20", "--lora-rank", "4"]
@@ -103,3 +103,21 @@ def test_joint_start_from_reaches_the_run_config_and_a_misfit_is_one_error_line(
     assert misfit.exit_code == 1 and "Traceback" not in misfit.output
     assert misfit.output.strip().splitlines()[-1].startswith(f"mixlm: error: --start-from {start.resolve()}: its "
                                                              "ranker adapter is")
+
+
+    # the two runs continue one bundle: averaged, they make one bundle without fusion weights
+    averaged = tmp_path / "averaged"
+    result = CliRunner().invoke(main, ["train", "average", "--bundle", str(start), "--bundle",
+                                       str(tmp_path / "further" / "bundle"), "--out", str(averaged), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["bundle"] == str(averaged) and 0 < report["adapter_change_kept"] <= 1
+    assert json.loads((averaged / "mixlm.json").read_text())["fusion"] is None
+    taken = tmp_path / "notes"
+    taken.mkdir()
+    refused = CliRunner().invoke(main, ["train", "average", "--bundle", str(start), "--bundle", str(start),
+                                        "--out", str(taken)])
+    assert refused.exit_code != 0 and "is not a bundle" in refused.output and taken.is_dir()
+    single = CliRunner().invoke(main, ["train", "average", "--bundle", str(start), "--out", str(tmp_path / "one")])
+    assert single.exit_code == 1
+    assert single.output.strip().splitlines()[-1] == "mixlm: error: averaging needs at least two bundles"

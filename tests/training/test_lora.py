@@ -12,6 +12,7 @@ from mixlm.encoders.lora import (
     merge_lora,
     save_adapter,
 )
+from mixlm.training.averaging import average_adapters
 
 
 def _ranker(bundle):
@@ -82,3 +83,30 @@ def test_an_adapter_for_other_layers_is_refused(tiny_bundle, tmp_path):
     (tmp_path / "adapter.json").write_text('{"rank": 2, "alpha": 16.0, "top_layers": 2}')
     with pytest.raises(ValueError, match="does not fit the model"):
         apply_adapter(_ranker(tiny_bundle), tmp_path)
+
+
+def _factors(generator, out_features=12, in_features=10, rank=3, shared_a=None):
+    a = shared_a if shared_a is not None else torch.randn(rank, in_features, generator=generator)
+    return {"layer.lora_A": a, "layer.lora_B": torch.randn(out_features, rank, generator=generator)}
+
+
+def test_averaged_adapters_hold_the_mean_change_at_the_adapters_rank():
+    """Adapters sharing A: their mean change has rank r, kept exactly. Independent adapters: the mean
+    has rank 2r, and what is kept is its best rank-r part (the SVD's), reported below 1."""
+    generator = torch.Generator().manual_seed(0)
+    shared = torch.randn(3, 10, generator=generator)
+    pair = [_factors(generator, shared_a=shared), _factors(generator, shared_a=shared)]
+    mean = sum(s["layer.lora_B"] @ s["layer.lora_A"] for s in pair) / 2
+    averaged, kept = average_adapters(pair, rank=3)
+    assert averaged["layer.lora_A"].shape == (3, 10) and averaged["layer.lora_B"].shape == (12, 3)
+    assert torch.allclose(averaged["layer.lora_B"] @ averaged["layer.lora_A"], mean, atol=1e-5)
+    assert kept == pytest.approx(1.0, abs=1e-6)
+
+    apart = [_factors(generator), _factors(generator)]
+    mean = sum(s["layer.lora_B"] @ s["layer.lora_A"] for s in apart) / 2
+    averaged, kept = average_adapters(apart, rank=3)
+    singular = torch.linalg.svdvals(mean.double())
+    error = (averaged["layer.lora_B"] @ averaged["layer.lora_A"] - mean).norm()
+    assert error == pytest.approx(float(singular[3:].square().sum().sqrt()), rel=1e-4)
+    assert kept == pytest.approx(float((singular[:3].square().sum() / singular.square().sum()).sqrt()), rel=1e-6)
+    assert kept < 0.99

@@ -2,10 +2,12 @@
 a test split is refused, and a trained bundle loads in the ranker client with the scores it trained to."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from mixlm.encoders import ItemEncoder
 from mixlm.encoders.bundle import load_bundle
@@ -16,6 +18,7 @@ from mixlm.ranker.text_baselines import FullTextRanker
 from mixlm.schemas import ItemEvent
 from mixlm.schemas.errors import InputError
 from mixlm.store import EmbeddingStore
+from mixlm.training.averaging import average_bundles
 from mixlm.training.candidates import Group
 from mixlm.training.config import PRIOR_TEMPERATURES, JointConfig, LoopConfig, LossWeights
 from mixlm.training.evaluation import SplitLeakError
@@ -60,12 +63,13 @@ def test_a_test_split_is_refused_before_any_training(base_bundle, tmp_path):
 
 
 def _joint(teacher_bundle, run_dir, *, steps, lr, n_tokens=1, encoder_lora=None, weights=None, start_from=None,
-           lora_rank=4, teacher_negatives=2, log=None):
+           lora_rank=4, teacher_negatives=2, seed=0, log=None):
     """Distillation and alignment only by default (task weights 0): the tiny teacher fits its labels
     poorly, and the task terms would pull the student toward the labels rather than toward the teacher."""
     weights = weights or LossWeights(task=0.0, listwise=0.0, distill=1.0, align=1.0, align_kl=1.0, align_cos=1.0)
     config = JointConfig(small_data(max_queries=12, group_size=4), LoopConfig(
-                             steps=steps, lr=lr, warmup_steps=1, checkpoint_every=steps, log_every=steps),
+                             steps=steps, lr=lr, warmup_steps=1, checkpoint_every=steps, log_every=steps,
+                             seed=seed),
                          n_tokens=n_tokens, encoder_lora=encoder_lora,
                          ranker_lora=LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank), max_item_tokens=48,
                          teacher_negatives=teacher_negatives, dense_depth=10, phase1=weights, phase2=weights,
@@ -273,7 +277,7 @@ def test_a_run_started_from_a_trained_bundle_continues_it_and_keeps_its_store_re
 def test_a_start_bundle_that_does_not_fit_the_run_is_refused_before_training(student, teacher_bundle, tmp_path):
     with pytest.raises(InputError, match="its ranker adapter is"):
         _joint(teacher_bundle, tmp_path / "rank", steps=1, lr=1e-3, start_from=student, lora_rank=8)
-    with pytest.raises(InputError, match="its encoding settings differ"):
+    with pytest.raises(InputError, match="its settings differ from this run.s in encoding"):
         _joint(teacher_bundle, tmp_path / "tokens", steps=1, lr=1e-3, start_from=student, n_tokens=2)
     with pytest.raises(InputError, match="cannot train an encoder adapter"):
         _joint(teacher_bundle, tmp_path / "encoder", steps=1, lr=1e-3, start_from=student,
@@ -380,6 +384,10 @@ def test_the_frozen_encoder_cache_keeps_every_text_on_its_own_row(base_bundle, t
     np.testing.assert_allclose(retrieval.numpy(), torch.stack(one_by_one).detach().numpy(), atol=1e-5)
     again = EncodedTexts.build(tmp_path / "encoded.safetensors", encoder, texts, log=lambda line: None)
     assert torch.equal(again.retrieval, cached.retrieval)  # read back from the run, not recomputed
+    lines = []
+    part = EncodedTexts.build(tmp_path / "encoded.safetensors", encoder, {k: texts[k] for k in keys[::-3]},
+                              log=lines.append)
+    assert not lines and torch.equal(part.get(keys[::-3])[1], cached.get(keys[::-3])[1])  # a larger cache serves
 
 
 def test_a_cache_torn_by_a_kill_is_rebuilt_not_a_crash(base_bundle, tmp_path):
@@ -400,3 +408,44 @@ def test_a_cache_torn_by_a_kill_is_rebuilt_not_a_crash(base_bundle, tmp_path):
     assert lines and torch.equal(again.retrieval, whole.retrieval)
     others = {"doc:x": "another text"}
     assert EncodedTexts.build(path, encoder, others, log=lambda line: None).keys == ["doc:x"]
+
+
+def test_averaged_runs_rank_like_the_mean_of_their_scores_from_the_same_store_records(student, teacher_bundle,
+                                                                                        teacher_pairs, tmp_path):
+    """Two seeds continuing one bundle, averaged: the item tokens (encoder_id, projection) are theirs, no
+    fusion is carried over, the scores sit near the mean of the two runs' scores, and a bundle averaged
+    with itself ranks exactly as it did."""
+    dataset, chosen = teacher_pairs
+    runs = [_joint(teacher_bundle, tmp_path / f"seed{seed}", steps=6, lr=1e-2, start_from=student, seed=seed)
+            for seed in (0, 1)]
+    averaged, kept = average_bundles(runs, tmp_path / "averaged", **QUIET)
+    assert kept > 0.9
+    assert averaged.encoder_id == load_bundle(student).encoder_id and averaged.config.fusion is None
+    assert averaged.projection_file.read_bytes() == load_bundle(runs[0]).projection_file.read_bytes()
+    for group in chosen[:3]:
+        first, second = (_student_scores(run, dataset, group) for run in runs)
+        assert not torch.allclose(first, second, atol=1e-3)  # the seeds took other paths
+        gap = (_student_scores(averaged.path, dataset, group) - (first + second) / 2).norm()
+        assert gap < 0.5 * (first - second).norm()
+    itself, kept_itself = average_bundles([runs[0], runs[0]], tmp_path / "itself", **QUIET)
+    assert kept_itself > 0.9999
+    for group in chosen[:3]:
+        assert torch.allclose(_student_scores(itself.path, dataset, group), _student_scores(runs[0], dataset, group),
+                              atol=1e-3)
+
+
+def test_bundles_that_read_items_differently_are_not_averaged(student, teacher_bundle, tmp_path):
+    with pytest.raises(InputError, match="at least two"):
+        average_bundles([student], tmp_path / "one", **QUIET)
+    fresh = _joint(teacher_bundle, tmp_path / "fresh", steps=1, lr=1e-3)  # its own projection
+    with pytest.raises(InputError, match="encoder_id"):
+        average_bundles([student, fresh], tmp_path / "ids", **QUIET)
+    narrower = tmp_path / "narrower"  # the student with its adapter cut to rank 2: same items, other adapter shape
+    shutil.copytree(student, narrower)
+    adapter = load_file(str(narrower / "ranker" / "adapter.safetensors"))
+    save_file({k: (v[:2] if k.endswith("lora_A") else v[:, :2]).contiguous() for k, v in adapter.items()},
+              str(narrower / "ranker" / "adapter.safetensors"))
+    (narrower / "ranker" / "adapter.json").write_text(json.dumps({"rank": 2, "alpha": 4.0, "top_layers": None}))
+    with pytest.raises(InputError, match="ranker adapter is"):
+        average_bundles([student, narrower], tmp_path / "ranks", **QUIET)
+    assert not any((tmp_path / name).exists() for name in ("one", "ids", "ranks"))
