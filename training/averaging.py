@@ -23,26 +23,23 @@ from pathlib import Path
 import torch
 
 from mixlm.encoders.bundle import Bundle, load_bundle, reading_difference
+from mixlm.encoders.config import LoraConfig
 from mixlm.encoders.lora import load_lora_state, read_adapter
 from mixlm.schemas.errors import InputError
 from mixlm.training.export import write_bundle
 
 
-def _compatible(bundles: Sequence[Bundle]) -> None:
-    if len(bundles) < 2:
-        raise InputError("averaging needs at least two bundles")
+def _compatible(bundles: Sequence[Bundle], loras: Sequence[LoraConfig]) -> None:
     first = bundles[0]
-    first_lora = read_adapter(first.ranker_dir)[0]
-    for other in bundles[1:]:
+    for other, lora in zip(bundles[1:], loras[1:], strict=True):
         difference = reading_difference(first.config, other.config)
         if difference:
             raise InputError(f"{other.path} reads items and queries unlike {first.path}: {difference}")
         if other.encoder_id != first.encoder_id:
             raise InputError(f"{other.path} has encoder_id {other.encoder_id}, {first.path} {first.encoder_id}: "
                              "their item tokens differ, so their rankers cannot be averaged")
-        lora = read_adapter(other.ranker_dir)[0]
-        if lora != first_lora:
-            raise InputError(f"{other.path}'s ranker adapter is {lora}, {first.path}'s {first_lora}")
+        if lora != loras[0]:
+            raise InputError(f"{other.path}'s ranker adapter is {lora}, {first.path}'s {loras[0]}")
 
 
 def average_adapters(states: Sequence[dict[str, torch.Tensor]], rank: int) -> tuple[dict[str, torch.Tensor], float]:
@@ -73,11 +70,12 @@ def average_bundles(bundle_dirs: Sequence[str | Path], out_dir: str | Path, *,
                     log: Callable[[str], None] = print) -> tuple[Bundle, float]:
     """Write the bundle whose ranker is the average of the given bundles' (see the module's docstring);
     returns it and the share of the mean adapter change kept at the adapters' rank."""
+    if len(bundle_dirs) < 2:
+        raise InputError("averaging needs at least two bundles")
     bundles = [load_bundle(d) for d in bundle_dirs]
-    _compatible(bundles)
-    first = bundles[0]
-    lora, _ = read_adapter(first.ranker_dir)
-    states = [read_adapter(bundle.ranker_dir)[1] for bundle in bundles]
+    loras, states = zip(*(read_adapter(bundle.ranker_dir) for bundle in bundles), strict=True)
+    _compatible(bundles, loras)
+    first, lora = bundles[0], loras[0]
     averaged, kept = average_adapters(states, lora.rank)
     log(f"average: {len(bundles)} rankers; the rank-{lora.rank} adapter keeps {kept:.4f} of the mean change "
         "in the layer it fits worst")

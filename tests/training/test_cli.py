@@ -104,7 +104,6 @@ def test_joint_start_from_reaches_the_run_config_a_misfit_is_one_error_line_and_
     assert misfit.output.strip().splitlines()[-1].startswith(f"mixlm: error: --start-from {start.resolve()}: its "
                                                              "ranker adapter is")
 
-
     # the two runs continue one bundle: averaged, they make one bundle without fusion weights
     averaged = tmp_path / "averaged"
     result = CliRunner().invoke(main, ["train", "average", "--bundle", str(start), "--bundle",
