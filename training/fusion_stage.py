@@ -34,7 +34,7 @@ def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tu
     def devs_of(dataset_dir: str | Path) -> list[BeirDataset]:
         key = Path(dataset_dir).resolve()
         if key not in loaded:
-            loaded[key] = _devs(dataclasses.replace(data, datasets=(str(dataset_dir),)))
+            loaded[key] = dev_queries(dataclasses.replace(data, datasets=(str(dataset_dir),)))
         return loaded[key]
 
     unseen = []  # checked before anything is scored
@@ -44,8 +44,8 @@ def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tu
             _refuse_if_trained_on(student, dev.name)
             unseen.append((student, dev, student_dir))
     own = [dev for dataset_dir in data.datasets for dev in devs_of(dataset_dir)]
-    cases = [_case(bundle, dev, dev.name, depth, log) for dev in own]
-    cases += [_case(student, dev, f"{dev.name} (unseen by {where})", depth, log) for student, dev, where in unseen]
+    cases = [dev_case(bundle, dev, dev.name, depth, log) for dev in own]
+    cases += [dev_case(student, dev, f"{dev.name} (unseen by {where})", depth, log) for student, dev, where in unseen]
     fitted_on = ", ".join([f"{dev.name}/{dev.split} ({len(dev.qrels)} queries)" for dev in own]
                           + [f"{dev.name}/{dev.split} ({len(dev.qrels)} queries) scored by {where}"
                              for _, dev, where in unseen])
@@ -55,7 +55,8 @@ def refit_fusion(bundle_dir: str | Path, data: DataConfig, held_out: Sequence[tu
     return {"bundle": str(bundle.path), "fusion": dataclasses.asdict(fusion), **report}
 
 
-def _devs(data: DataConfig) -> list[BeirDataset]:
+def dev_queries(data: DataConfig) -> list[BeirDataset]:
+    """The dev splits carved from the collections' train queries (one per collection)."""
     _, devs = training_data(data, lambda line: None)
     if not devs:
         raise InputError(f"no dev queries in {', '.join(data.datasets)} to fit on: give --holdout-every N (N >= 2)")
@@ -70,7 +71,8 @@ def _refuse_if_trained_on(student: Bundle, collection: str) -> None:
                          "nobody trained on; give a student trained without it")
 
 
-def _case(bundle: Bundle, dev: BeirDataset, name: str, depth: int, log) -> FusionCase:
+def dev_case(bundle: Bundle, dev: BeirDataset, name: str, depth: int, log) -> FusionCase:
+    """``dev``'s queries with their BM25 top ``depth``, scored by ``bundle``."""
     candidates = bm25_candidates(dev, depth)
     log(f"fusion: scoring {len(dev.qrels)} dev queries of {name} with {bundle.path}")
     dense_run, mixlm_run = candidate_runs(bundle, dev, candidates, log)
