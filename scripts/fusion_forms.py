@@ -26,6 +26,7 @@ from mixlm.training.fusion_stage import dev_case, dev_queries
 from mixlm.training.rerank_eval import fused_run
 
 RRF_K = 60
+RERANK_DEPTH = 100  # BM25 candidates per query, as the fusion fit and `mixlm eval` rerank
 
 
 def reciprocal_ranks(values: list[float]) -> np.ndarray:
@@ -67,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", action="append", required=True, metavar="BUNDLE=DATASET",
                         help="a bundle and the BEIR folder whose dev queries it scores (repeatable)")
-    parser.add_argument("--holdout-every", type=int, default=8)
+    parser.add_argument("--holdout-every", type=int, default=DataConfig.holdout_every)
     args = parser.parse_args()
     report = {}
     for spec in args.case:
@@ -77,7 +78,7 @@ def main() -> None:
         bundle = load_bundle(bundle_dir)
         for dev in dev_queries(DataConfig(datasets=(dataset,), holdout_every=args.holdout_every)):
             name = f"{bundle_dir} on {dev.name}/{dev.split}"
-            report[name] = compare(dev_case(bundle, dev, name, 100, lambda line: print(line, file=sys.stderr)))
+            report[name] = compare(dev_case(bundle, dev, name, RERANK_DEPTH, lambda line: print(line, file=sys.stderr)))
     json.dump(report, sys.stdout, indent=1)
     print()
 
