@@ -159,16 +159,25 @@ class FusionConfig:
     Features: ``mixlm`` (the ranker's log-odds), ``first_stage`` (the scores the caller passes,
     BM25 when the weights were fitted) and ``dense`` (cosine of the encoder's query and item
     retrieval vectors). Without first-stage scores the final score is MixLM's log-odds alone.
+
+    With ``mixlm_scale``, MixLM's centred log-odds are divided by that one number (their typical
+    spread over a request's candidates where the weights were fitted) instead of by each request's
+    own spread: log-odds are calibrated, so a request they separate widely is one MixLM is sure
+    of and gets more say than one it barely separates. Without it (bundles fitted before it
+    existed) every feature is standardised per request.
     """
 
     mixlm: float = 1.0
     first_stage: float = 0.0
     dense: float = 0.0
     fitted_on: str = ""  # where the weights were chosen (never a test split)
+    mixlm_scale: float | None = None
 
     def __post_init__(self) -> None:
         if min(self.mixlm, self.first_stage, self.dense) < 0:
             raise InputError("fusion weights must be >= 0")
+        if self.mixlm_scale is not None and not self.mixlm_scale > 0:
+            raise InputError(f"fusion mixlm_scale must be > 0, got {self.mixlm_scale}")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """The product's final score: MixLM's log-odds fused with first-stage scores (``FusionConfig``).
 
-Each feature is standardised over one request's candidates before weighting, so BM25 scores,
-cosines and log-odds, whose scales differ by orders of magnitude and from query to query,
-mix with weights that transfer across queries and collections.
+The first stages' scores are standardised over one request's candidates before weighting, so
+BM25 scores and cosines, whose scales differ by orders of magnitude and from query to query,
+mix with weights that transfer across queries and collections. MixLM's log-odds are on one
+scale already (the pointwise loss calibrates them), so they are centred and divided by a
+constant fitted with the weights, and how far apart MixLM puts a request's candidates keeps
+its meaning.
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ def standardise(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / spread if spread > 1e-12 else np.zeros_like(values)
 
 
+def scaled_log_odds(log_odds: np.ndarray, scale: float | None) -> np.ndarray:
+    """MixLM's feature: log-odds centred and divided by the fitted ``scale``; standardised without one."""
+    if scale is None:
+        return standardise(log_odds)
+    log_odds = np.asarray(log_odds, dtype=np.float64)
+    return (log_odds - log_odds.mean()) / scale if log_odds.size else log_odds
+
+
 def fuse(fusion: FusionConfig | None, log_odds: np.ndarray, *, first_stage: np.ndarray | None = None,
          dense: np.ndarray | None = None) -> np.ndarray:
     """The final score of each candidate of one request.
@@ -43,5 +54,5 @@ def fuse(fusion: FusionConfig | None, log_odds: np.ndarray, *, first_stage: np.n
         if weight and values is not None:
             if len(values) != len(log_odds):
                 raise InputError(f"{name}: {len(values)} scores for {len(log_odds)} candidates")
-            total += weight * standardise(values)
+            total += weight * (scaled_log_odds(values, fusion.mixlm_scale) if name == "mixlm" else standardise(values))
     return total

@@ -244,7 +244,9 @@ def fusion(bundle_dir, datasets, held_out, split, holdout_every, rerank_depth, o
 
     The weights with the largest smallest gain over each case's best first stage win: every
     --dataset's dev queries scored by the bundle, and every --held-out DATASET's scored by a
-    student that never saw it.
+    student that never saw it. MixLM's log-odds are divided by a scale fitted beside the weights
+    (their typical spread over a query's candidates on the --dataset dev queries); a held-out
+    student brings its own, so its fusion must have been fitted first.
     """
     from mixlm.training.fusion_stage import refit_fusion
 
@@ -261,7 +263,8 @@ def fusion(bundle_dir, datasets, held_out, split, holdout_every, rerank_depth, o
     rows = [{"case": name, **case["first_stages"], "mixlm": case["mixlm"], "final": case["final"]}
             for name, case in report["cases"].items()]
     table = (columns_table(rows, ("case", "bm25", "dense", "bm25+dense", "mixlm", "final"))
-             + f"\nfusion: mixlm 1, first_stage {report['fusion']['first_stage']}, dense {report['fusion']['dense']}"
+             + f"\nfusion: mixlm 1 (log-odds / {report['fusion']['mixlm_scale']}), "
+             + f"first_stage {report['fusion']['first_stage']}, dense {report['fusion']['dense']}"
              + f"; smallest gain over a case's best first stage {report['worst_gain']:+.4f}")
     click.echo(render(report, output, table))  # the JSON keeps every grid point's NDCG@10 per case
 

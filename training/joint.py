@@ -46,7 +46,7 @@ from mixlm.schemas.errors import InputError
 from mixlm.training.candidates import Group, GroupSampler, bm25_candidates, bm25_index, merged_candidates
 from mixlm.training.config import JointConfig
 from mixlm.training.export import write_bundle
-from mixlm.training.fusion_fit import FusionCase, fit_fusion
+from mixlm.training.fusion_fit import FusionCase, fit_fusion, log_odds_scale
 from mixlm.training.late_interaction import MaxSimScores
 from mixlm.training.losses import mixlm_loss
 from mixlm.training.run import RunDir, seed_everything, train_loop
@@ -378,7 +378,7 @@ def train_joint(teacher_dir: str | Path, run_dir: str | Path, config: JointConfi
 def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded: EncodedTexts,
                        devs: list[BeirDataset], log) -> dict:
     """MixLM's dev NDCG@10 beside the first stages', and the fusion weights fitted on each collection's dev queries."""
-    cases = []
+    scored = []
     with torch.no_grad():
         for dev in devs:
             candidates = bm25_candidates(dev, DEV_RERANK_DEPTH)
@@ -393,14 +393,16 @@ def _fit_fusion_on_dev(ranker: MixedInputRanker, projection: nn.Module, encoded:
                                       item_retrieval=retrieval[1:]).log_odds
                 mixlm_run[qid] = dict(zip(docs, map(float, scores), strict=True))
                 dense_run[qid] = dict(zip(docs, map(float, (retrieval[1:] @ retrieval[0]).cpu().numpy()), strict=True))
-            cases.append(FusionCase(dev.name, dev.qrels, candidates, mixlm_run, dense_run))
+            scored.append((dev, candidates, mixlm_run, dense_run))
+    scale = log_odds_scale(run for _, _, run, _ in scored)
+    cases = [FusionCase(dev.name, dev.qrels, *runs, mixlm_scale=scale) for dev, *runs in scored]
     fitted_on = ", ".join(f"{d.name}/{d.split} ({len(d.qrels)} queries)" for d in devs)
-    fusion, report = fit_fusion(cases, fitted_on=fitted_on)
+    fusion, report = fit_fusion(cases, fitted_on=fitted_on, mixlm_scale=scale)
     for name, case in report["cases"].items():
         log(f"joint: dev NDCG@10 on {name}: " + "  ".join(f"{k} {v}" for k, v in case["first_stages"].items())
             + f"  mixlm {case['mixlm']}  final {case['final']}")
-    log(f"joint: fusion first_stage {fusion.first_stage}, dense {fusion.dense}: smallest gain over a collection's "
-        f"best first stage {report['worst_gain']:+.4f}")
+    log(f"joint: fusion first_stage {fusion.first_stage}, dense {fusion.dense}, MixLM's scale {scale}: smallest "
+        f"gain over a collection's best first stage {report['worst_gain']:+.4f}")
     return {"rerank_depth": DEV_RERANK_DEPTH, "fusion": fusion, **report}
 
 

@@ -1,4 +1,4 @@
-"""The final score: standardised features, weighted; MixLM alone without first-stage scores."""
+"""The final score: standardised first stages and scaled log-odds, weighted; MixLM alone without first-stage scores."""
 
 import numpy as np
 import pytest
@@ -22,6 +22,21 @@ def test_fuse_on_known_inputs():
     assert int(np.argmax(fuse(fusion, log_odds, first_stage=bm25, dense=dense))) == 2
 
 
+def test_with_a_fitted_scale_mixlm_counts_by_how_sure_it_is():
+    """Per-request z-scores give a request MixLM barely separates the same say as one it separates widely;
+    divided by one fitted scale, the unsure request is left to the first stage."""
+    bm25 = np.array([3.0, 1.0, 2.0])  # BM25 prefers item 0, MixLM item 1
+    sure, unsure = np.array([-4.0, 4.0, 0.0]), np.array([-0.04, 0.04, 0.0])
+    scaled, per_request = FusionConfig(first_stage=0.5, mixlm_scale=2.0), FusionConfig(first_stage=0.5)
+    assert int(np.argmax(fuse(scaled, sure, first_stage=bm25))) == 1
+    assert int(np.argmax(fuse(scaled, unsure, first_stage=bm25))) == 0
+    assert int(np.argmax(fuse(per_request, unsure, first_stage=bm25))) == 1
+    expected = (sure - sure.mean()) / 2.0 + 0.5 * standardise(bm25)
+    np.testing.assert_allclose(fuse(scaled, sure, first_stage=bm25), expected)
+    with pytest.raises(ValueError, match="mixlm_scale must be > 0"):
+        FusionConfig(mixlm_scale=0.0)
+
+
 def test_without_first_stage_scores_or_weights_it_is_mixlm_alone():
     log_odds = np.array([0.3, -1.0, 2.0])
     np.testing.assert_array_equal(fuse(FusionConfig(first_stage=1.0), log_odds), log_odds)
@@ -41,6 +56,9 @@ def test_fusion_weights_round_trip_through_the_bundle_config(tiny_bundle):
     data = config.to_dict()
     data["fusion"] = {"mixlm": 1.0, "first_stage": 0.3, "dense": 0.0, "fitted_on": "scifact/train-dev (98 queries)"}
     assert BundleConfig.from_dict(data).fusion == FusionConfig(1.0, 0.3, 0.0, "scifact/train-dev (98 queries)")
+    assert BundleConfig.from_dict(data).fusion.mixlm_scale is None  # fitted before the scale: z-scores
+    data["fusion"]["mixlm_scale"] = 1.9
+    assert BundleConfig.from_dict(data).fusion.mixlm_scale == 1.9
     data["fusion"]["bogus"] = 1
     with pytest.raises(ValueError, match="fusion has unknown keys bogus"):
         BundleConfig.from_dict(data)

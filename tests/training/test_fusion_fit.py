@@ -1,8 +1,12 @@
-"""The fusion fit on known inputs (the weights that hold on every case win), and ``mixlm train fusion``
-refitting a trained tiny bundle with a held-out case, refusing a student that saw the collection."""
+"""The fusion fit on known inputs (the weights that hold on every case win, MixLM's scale by hand), and
+``mixlm train fusion`` refitting a trained tiny bundle with a held-out case, refusing a student that saw
+the collection or has no fitted scale."""
 
+import dataclasses
 import json
+import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -10,7 +14,7 @@ from mixlm.cli import main
 from mixlm.encoders.bundle import load_bundle
 from mixlm.encoders.config import FusionConfig, LoraConfig
 from mixlm.training.config import JointConfig, LoopConfig
-from mixlm.training.fusion_fit import DENSE_GRID, FIRST_STAGE_GRID, FusionCase, fit_fusion
+from mixlm.training.fusion_fit import DENSE_GRID, FIRST_STAGE_GRID, FusionCase, fit_fusion, log_odds_scale
 from mixlm.training.joint import train_joint
 from mixlm.training.rerank_eval import fused_run
 
@@ -35,7 +39,7 @@ def _case(name, relevant_rank_by_feature, queries=12, size=10):
         candidates[qid] = sorted(bm25.items(), key=lambda item: -item[1])
         mixlm_run[qid] = _scores(docs, relevant_rank_by_feature["mixlm"], q)
         dense_run[qid] = _scores(docs, relevant_rank_by_feature["dense"], q)
-    return FusionCase(name, qrels, candidates, mixlm_run, dense_run)
+    return FusionCase(name, qrels, candidates, mixlm_run, dense_run, log_odds_scale([mixlm_run]))
 
 
 # MixLM is right on the collection it learned and wrong on one it never saw, where the first stages are right.
@@ -44,19 +48,20 @@ UNSEEN = _case("unseen", {"mixlm": 10, "bm25": 2, "dense": 2})
 
 
 def _gain(case, config):
+    config = dataclasses.replace(config, mixlm_scale=case.mixlm_scale)
     final = case.ndcg(fused_run(config, case.candidates, case.mixlm_run, case.dense_run))
     return final - max(case.first_stages(use_dense=True).values())
 
 
 def test_on_the_trained_collection_alone_mixlm_keeps_all_the_say():
-    fusion, report = fit_fusion([TRAINED], fitted_on="trained/dev")
-    assert (fusion.first_stage, fusion.dense) == (0.0, 0.0)
+    fusion, report = fit_fusion([TRAINED], fitted_on="trained/dev", mixlm_scale=TRAINED.mixlm_scale)
+    assert (fusion.first_stage, fusion.dense, fusion.mixlm_scale) == (0.0, 0.0, TRAINED.mixlm_scale)
     assert report["cases"]["trained"]["final"] == pytest.approx(1.0)
 
 
 def test_with_an_unseen_case_the_weights_with_the_best_worst_gain_win():
-    alone, _ = fit_fusion([TRAINED], fitted_on="trained/dev")
-    fusion, report = fit_fusion([TRAINED, UNSEEN], fitted_on="both")
+    alone, _ = fit_fusion([TRAINED], fitted_on="trained/dev", mixlm_scale=TRAINED.mixlm_scale)
+    fusion, report = fit_fusion([TRAINED, UNSEEN], fitted_on="both", mixlm_scale=TRAINED.mixlm_scale)
     assert fusion.first_stage + fusion.dense > 0
     worst = min(_gain(TRAINED, fusion), _gain(UNSEEN, fusion))
     assert report["worst_gain"] == pytest.approx(worst, abs=1e-5)
@@ -67,7 +72,28 @@ def test_with_an_unseen_case_the_weights_with_the_best_worst_gain_win():
 
 def test_fitting_needs_a_case():
     with pytest.raises(ValueError, match="at least one"):
-        fit_fusion([], fitted_on="")
+        fit_fusion([], fitted_on="", mixlm_scale=1.0)
+
+
+def test_log_odds_scale_by_hand():
+    runs = [{"q1": {"a": 1.0, "b": 3.0}, "q2": {"a": 0.0, "b": 0.0, "c": 3.0}}, {"q3": {"a": 5.0, "b": 9.0}}]
+    # spreads 1.0, sqrt(2), 2.0; a query with one candidate says nothing about spread
+    assert log_odds_scale(runs + [{"q4": {"a": 7.0}}]) == pytest.approx(np.sqrt(2.0), abs=1e-3)
+    assert log_odds_scale([{"q1": {"a": 1e-3, "b": 3e-3}}]) == pytest.approx(1e-3)  # a tiny student's spread
+    assert log_odds_scale([{"q1": {"a": 1.0, "b": 1.0}}]) == 1.0  # no spread: MixLM adds nothing anyway
+
+
+def test_each_case_is_scored_with_its_own_students_scale():
+    """A held-out student that separates its candidates little is a student unsure of them: at its own
+    (larger, in-domain) scale its log-odds count for less than at the fitted bundle's."""
+    unsure = dataclasses.replace(UNSEEN, mixlm_run={q: {d: s / 100 for d, s in r.items()}
+                                                    for q, r in UNSEEN.mixlm_run.items()})
+    at_its_own = dataclasses.replace(unsure, mixlm_scale=UNSEEN.mixlm_scale)
+    at_its_spread = dataclasses.replace(unsure, mixlm_scale=log_odds_scale([unsure.mixlm_run]))
+    config = FusionConfig(1.0, 1.0, 1.0)
+    assert _gain(at_its_own, config) > _gain(at_its_spread, config)  # MixLM is wrong on UNSEEN
+    _, report = fit_fusion([TRAINED, at_its_own], fitted_on="both", mixlm_scale=TRAINED.mixlm_scale)
+    assert report["cases"]["unseen"]["mixlm_scale"] == UNSEEN.mixlm_scale
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +126,7 @@ def test_the_fusion_command_refits_the_bundle_with_a_held_out_case(tiny_students
         in bundle.config.fusion.fitted_on
     assert (bundle.config.fusion.first_stage, bundle.config.fusion.dense) == (report["fusion"]["first_stage"],
                                                                            report["fusion"]["dense"])
+    assert bundle.config.fusion.mixlm_scale == report["cases"]["scifact"]["mixlm_scale"] > 0
     # the JSON keeps every grid point, so a user can see how close the runners-up were
     chosen = [row for row in report["grid"] if (row["first_stage"], row["dense"]) == (bundle.config.fusion.first_stage,
                                                                                    bundle.config.fusion.dense)]
@@ -113,4 +140,18 @@ def test_a_held_out_student_that_saw_the_collection_is_refused(tiny_students):
                                        "--held-out", f"{student}={SCIFACT}", "--rerank-depth", "10"])
     assert result.exit_code != 0
     assert "was trained on scifact" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_held_out_student_without_a_fitted_scale_is_refused(tiny_students, tmp_path):
+    student, pseudo = tiny_students
+    unscaled = tmp_path / "unscaled"
+    shutil.copytree(student, unscaled)
+    config = json.loads((unscaled / "mixlm.json").read_text())
+    del config["fusion"]["mixlm_scale"]  # a bundle fitted before the scale existed
+    (unscaled / "mixlm.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["train", "fusion", "--bundle", str(student), "--dataset", str(SCIFACT),
+                                       "--held-out", f"{unscaled}={pseudo}", "--rerank-depth", "10"])
+    assert result.exit_code != 0
+    assert "has no fitted MixLM scale" in result.output and f"--bundle {unscaled}" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -33,6 +33,7 @@ def test_the_shipped_bundle_is_complete_and_pinned(shipped):
     assert bundle.config.inputs.query_vector and bundle.config.inputs.interaction
     fusion = bundle.config.fusion
     assert fusion is not None and "train-dev" in fusion.fitted_on and "test" not in fusion.fitted_on
+    assert fusion.mixlm_scale is not None and fusion.mixlm_scale > 0  # MixLM's log-odds keep their spread
     assert sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file()) < 25 * 2**20
 
 

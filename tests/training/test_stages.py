@@ -240,6 +240,7 @@ def test_the_student_bundle_records_its_settings_and_stays_small(student, teache
                                                                    "interaction.safetensors"]
     assert (bundle.config.inputs.query_vector, bundle.config.inputs.interaction) == (True, True)
     assert bundle.config.fusion is not None and "dev" in bundle.config.fusion.fitted_on
+    assert bundle.config.fusion.mixlm_scale > 0  # the student's log-odds spread on those dev queries
     assert bundle.config.prompt.end == " Relevant"  # one token for SmolLM2 (checked on the shipped bundle)
 
 
